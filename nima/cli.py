@@ -1,0 +1,60 @@
+"""The ``nima`` command: ``nima prepare | train | eval | generate ...``.
+
+Each sub-command lives next to the code it drives and exposes ``main(argv) -> int``; this module
+only dispatches and turns user errors into one line and exit code 2. The ``scripts/*.py`` files
+call :func:`main` too, so the scripts, ``nima`` and the Python API cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from nima.errors import NimaError
+
+# command -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("nima.data.cli", "prepare a dataset: text -> tokenizer + train.bin/val.bin"),
+    "train": ("nima.training.cli", "train a model from a YAML config (with --section.key=value overrides)"),
+    "eval": ("nima.evaluation.cli", "evaluate a checkpoint: loss, perplexity, bits per byte"),
+    "generate": ("nima.inference.cli", "generate text from a checkpoint"),
+}
+
+EXIT_USER_ERROR = 2
+
+
+def _usage() -> str:
+    lines = ["usage: nima <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'nima <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a ``nima`` sub-command; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else EXIT_USER_ERROR
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        return int(module.main(rest) or 0)
+    except NimaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run_as_script(command: str) -> None:
+    """Entry point for ``scripts/<command>.py``: ``nima <command>`` with the script's arguments."""
+    sys.exit(main([command, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
