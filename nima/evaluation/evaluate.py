@@ -13,6 +13,7 @@ This module imports only torch and numpy, so the Trainer can use it without an i
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,12 +36,23 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def _accepts_return_logits(model: torch.nn.Module) -> bool:
+    try:
+        return "return_logits" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _summed_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     """Sum of negative log-likelihoods (nats) over labels != -100, and how many there were."""
     n_scored = int((labels != IGNORE_INDEX).sum())
     if n_scored == 0:
         return 0.0, 0
-    out = model(input_ids, labels=labels)
+    if _accepts_return_logits(model):
+        # The loss alone is needed: skip materialising (B, T, vocab) logits where the model allows it.
+        out = model(input_ids, labels=labels, return_logits=False)
+    else:
+        out = model(input_ids, labels=labels)
     loss = getattr(out, "loss", None)
     if loss is not None:
         # The model's loss is the mean over scored labels; scale back to a sum.

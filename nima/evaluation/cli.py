@@ -1,0 +1,146 @@
+"""``nima eval`` / ``python scripts/evaluate.py``: score a checkpoint on its validation split or a text.
+
+By default the whole validation split of the dataset the model was trained on is scored with
+non-overlapping windows of the model's context length; ``--stride`` switches to sliding windows,
+``--max_tokens`` scores only the first N tokens, ``--text FILE`` scores any UTF-8 file instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nima.errors import DataError
+from nima.evaluation.evaluate import evaluate_tokens
+from nima.inference.loading import LoadedModel, load_for_inference
+
+EXAMPLES = """examples:
+  nima eval --checkpoint experiments/checkpoints/best_model.pt
+  nima eval --checkpoint CKPT --stride 128 --max_tokens 20000      (sliding windows, first 20k tokens)
+  nima eval --checkpoint CKPT --text my_text.txt --json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nima eval",
+        description="Evaluate a checkpoint: loss, perplexity, bits per token / character / byte.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) written by training")
+    p.add_argument("--text", type=Path, help="score this UTF-8 text file instead of a prepared split")
+    p.add_argument(
+        "--split", choices=("val", "train"), default="val", help="prepared split to score (default val)"
+    )
+    p.add_argument(
+        "--data", type=Path, help="prepared dataset folder (default: the one the model was trained on)"
+    )
+    p.add_argument("--max_tokens", type=int, help="score only the first N tokens (default: all)")
+    p.add_argument(
+        "--context_length", type=int, help="window length in tokens (default: the model's max_seq_len)"
+    )
+    p.add_argument("--stride", type=int, help="step between windows (default: context length, no overlap)")
+    p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.add_argument(
+        "--tokenizer", help="tokenizer.json or prepared data folder (default: found from the checkpoint)"
+    )
+    p.add_argument(
+        "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    return p
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"text file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {err.start})") from None
+    if not text:
+        raise DataError(f"{path} is empty: nothing to evaluate")
+    return text
+
+
+def _prepared_folder(loaded: LoadedModel, explicit: Path | None) -> Path:
+    """The prepared dataset the split comes from: explicit, recorded, or where the tokenizer was found."""
+    if explicit is not None:
+        return explicit
+    recorded = (loaded.info.get("data") or {}).get("prepared_path")
+    candidates = [Path(recorded)] if recorded else []
+    candidates.append(loaded.tokenizer_path.parent)
+    for folder in candidates:
+        if (folder / "meta.json").is_file():
+            return folder
+    raise DataError(
+        f"cannot find the prepared dataset of {loaded.checkpoint_path} "
+        f"(tried {', '.join(map(str, candidates))}); "
+        "prepare it again with `nima prepare`, pass --data FOLDER, or score a file with --text FILE"
+    )
+
+
+def _split_tokens(folder: Path, split: str, loaded: LoadedModel) -> np.ndarray:
+    from nima.data import load_prepared
+
+    prepared = load_prepared(folder)
+    if prepared.tokenizer.identity()["sha256"] != loaded.tokenizer.identity()["sha256"]:
+        raise DataError(
+            f"{folder} was prepared with a different tokenizer than the model of {loaded.checkpoint_path}; "
+            "pass the dataset the model was trained on with --data FOLDER"
+        )
+    return prepared.tokens(split)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``nima eval``; returns the exit code (user errors raise NimaError)."""
+    args = build_parser().parse_args(argv)
+    loaded = load_for_inference(
+        args.checkpoint, tokenizer=args.tokenizer, device=args.device, data_dir=args.data_dir
+    )
+    source: dict[str, Any]
+    if args.text is not None:
+        tokens = np.asarray(loaded.tokenizer.encode(_read_text(args.text)), dtype=np.int64)
+        source = {"text": str(args.text)}
+    else:
+        folder = _prepared_folder(loaded, args.data)
+        tokens = _split_tokens(folder, args.split, loaded)
+        source = {"prepared": str(folder), "split": args.split}
+    source["tokens_available"] = int(len(tokens))
+    start = time.perf_counter()
+    result = evaluate_tokens(
+        loaded.model,
+        tokens,
+        tokenizer=loaded.tokenizer,
+        context_length=args.context_length,
+        stride=args.stride,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        device=loaded.device,
+    )
+    seconds = time.perf_counter() - start
+    report = {
+        "checkpoint": str(loaded.checkpoint_path),
+        "step": loaded.info.get("step"),
+        "tokenizer": loaded.tokenizer.identity(),
+        "data": source,
+        "seconds": round(seconds, 3),
+        **result.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    where = args.text if args.text is not None else f"{args.split} split of {source['prepared']}"
+    step = f" (step {report['step']})" if report["step"] is not None else ""
+    print(f"checkpoint      {loaded.checkpoint_path}{step}")
+    print(f"data            {where} ({len(tokens):,} tokens)")
+    print(result.format())
+    print(f"time            {seconds:.1f} s ({result.tokens / max(seconds, 1e-9):,.0f} tokens/s)")
+    return 0
