@@ -1,0 +1,588 @@
+"""Preparation: a text source -> tokenizer + ``train.bin`` / ``val.bin`` token streams + ``meta.json``.
+
+Output folder: ``<data_dir>/<dataset>/<tokenizer_tag>/`` (tag ``char``, ``byte`` or ``bpe-<N>``).
+``train.bin`` / ``val.bin`` are flat little-endian ``uint16`` arrays (``uint32`` when the vocabulary
+has more than 65536 ids), readable with ``numpy.memmap``.
+
+How it works, and why:
+
+- Streaming: the text is read in 1 MiB blocks and encoded block by block, so memory stays flat
+  however large the corpus is. Two passes: a scan (size, hash, the char alphabet) then the encode
+  (BPE adds one pass to train on the training split).
+- The split is by position, as in nanoGPT: the first ``1 - val_fraction`` of the text is
+  ``train``, the rest ``val``, cut at the first line break after that point (when one is near).
+- Documents (files of a folder, lines of a jsonl) are separated by the end-of-text token, when the
+  tokenizer has one; one text file is one document.
+- BPE text is cut into ~1 KiB pieces only where GPT-2's pre-tokenizer cuts anyway, so batch
+  encoding gives exactly the ids of encoding the whole text, and ``tokenizers`` encodes a batch on
+  all cores.
+- Safe on disk: everything is written into a temporary folder beside the target and renamed into
+  place at the end; a failure removes the temporary folder and leaves any existing result intact.
+- Reuse: a folder whose ``meta.json`` records the same settings and the same source (size and
+  mtime, else sha256) is returned as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nima.data.chunking import iter_pieces
+from nima.data.files import atomic_write_json, make_public
+from nima.data.sources import TextSource, resolve_source
+from nima.data.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenizer,
+    check_bpe_vocab_size,
+    load_tokenizer,
+)
+from nima.errors import DataError
+
+PREPARED_FORMAT = "nima-prepared-v1"
+TOKENIZER_KINDS = ("char", "byte", "bpe")
+DATA_DIR_ENV = "NIMA_DATA_DIR"
+DEFAULT_DATA_DIR = Path("experiments") / "data"
+BPE_BATCH_CHARS = 1 << 20  # text per encode_batch call: ~1000 pieces of 1 KiB
+
+
+def default_data_dir() -> Path:
+    """``$NIMA_DATA_DIR`` if set, else ``experiments/data`` (relative to the working directory)."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else DEFAULT_DATA_DIR
+
+
+def tokenizer_tag(tokenizer: str, vocab_size: int | None = None) -> str:
+    """Folder name of a prepared dataset: ``char``, ``byte`` or ``bpe-<vocab_size>``."""
+    return f"bpe-{vocab_size}" if tokenizer == "bpe" else tokenizer
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Little-endian uint16 when every id fits, else uint32."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset folder: ``path``, its ``meta`` dict and its ``tokenizer``."""
+
+    path: Path
+    meta: dict[str, Any]
+    tokenizer: Tokenizer
+
+    @property
+    def train_path(self) -> Path:
+        return self.path / "train.bin"
+
+    @property
+    def val_path(self) -> Path:
+        return self.path / "val.bin"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.meta["dtype"])
+
+    @property
+    def train_tokens(self) -> int:
+        return int(self.meta["train_tokens"])
+
+    @property
+    def val_tokens(self) -> int:
+        return int(self.meta["val_tokens"])
+
+    def tokens(self, split: str) -> np.ndarray:
+        """The ``train`` or ``val`` token stream as a read-only memory map."""
+        if split not in ("train", "val"):
+            raise DataError(f"split must be 'train' or 'val', got {split!r}")
+        return open_tokens(self.path / f"{split}.bin", self.dtype)
+
+
+def open_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
+    """Memory-map a token file (an empty file gives an empty array: mmap cannot map 0 bytes)."""
+    if Path(path).stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def prepare(
+    dataset: str | os.PathLike = "tiny_shakespeare",
+    tokenizer: str = "char",
+    vocab_size: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    encoding: str = "utf-8",
+    text_field: str = "text",
+    val_fraction: float = 0.1,
+    quiet: bool = True,
+    force: bool = False,
+) -> PreparedData:
+    """Prepare ``dataset`` with a ``tokenizer`` ("char" | "byte" | "bpe"), or reuse an earlier result.
+
+    ``dataset`` is a known name (``tiny_shakespeare``) or a path to a text file, a folder of
+    ``.txt`` files or a ``.jsonl`` file (text in ``text_field``). ``vocab_size`` is required for
+    BPE. ``quiet=False`` shows progress bars on stderr; ``force`` prepares anew even when a
+    matching result exists. Raises :class:`~nima.errors.DataError` for bad input.
+    """
+    kind = _check_tokenizer_kind(tokenizer)
+    if kind == "bpe":
+        vocab_size = check_bpe_vocab_size(vocab_size)
+    else:
+        vocab_size = None  # char and byte vocabularies are fixed by the text / by UTF-8
+    val_fraction = _check_val_fraction(val_fraction)
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    source = resolve_source(dataset, root, encoding=encoding, text_field=text_field)
+    out = root / source.name / tokenizer_tag(kind, vocab_size)
+    settings = {
+        "tokenizer": kind,
+        "vocab_size": vocab_size,
+        "encoding": encoding,
+        "text_field": text_field if source.kind == "jsonl" else None,
+        "val_fraction": val_fraction,
+        "format": PREPARED_FORMAT,
+    }
+    if not force:
+        reused = _reuse(out, source, settings)
+        if reused is not None:
+            return reused
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    make_public(tmp, directory=True)
+    try:
+        meta = _build(tmp, source, settings, quiet=quiet)
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PreparedData(path=out, meta=meta, tokenizer=load_tokenizer(out / "tokenizer.json"))
+
+
+def load_prepared(path: str | os.PathLike) -> PreparedData:
+    """Open a prepared dataset folder (as written by :func:`prepare`)."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(
+            f"no prepared dataset at {path} (meta.json missing); run `nima prepare --dataset ...` first"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{meta_path} is damaged ({err}); prepare the dataset again") from None
+    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
+        raise DataError(f"{meta_path} is not a Nima prepared dataset (format {PREPARED_FORMAT!r})")
+    data = PreparedData(path=path, meta=meta, tokenizer=load_tokenizer(path / "tokenizer.json"))
+    for split in ("train", "val"):
+        expected = int(meta[f"{split}_tokens"]) * data.dtype.itemsize
+        file = path / f"{split}.bin"
+        if not file.is_file() or file.stat().st_size != expected:
+            raise DataError(
+                f"{file} is missing or truncated (expected {expected} bytes); prepare the dataset again"
+            )
+    return data
+
+
+def _check_tokenizer_kind(tokenizer: str) -> str:
+    if tokenizer not in TOKENIZER_KINDS:
+        raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(TOKENIZER_KINDS)}")
+    return tokenizer
+
+
+def _check_val_fraction(val_fraction: float) -> float:
+    try:
+        value = float(val_fraction)
+    except (TypeError, ValueError):
+        raise DataError(f"--val_fraction must be a number between 0 and 1, got {val_fraction!r}") from None
+    if not 0.0 < value < 1.0:
+        raise DataError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}; try 0.1")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- reuse
+
+
+def _reuse(out: Path, source: TextSource, settings: dict[str, Any]) -> PreparedData | None:
+    """The existing result at ``out`` if it was made from the same source with the same settings."""
+    if not (out / "meta.json").is_file():
+        return None
+    try:
+        data = load_prepared(out)
+    except DataError:
+        return None  # damaged: prepare anew (atomically replacing it)
+    meta = data.meta
+    if meta.get("settings") != settings or meta["source"].get("location") != str(source.location):
+        return None
+    fingerprint = source.fingerprint()
+    if meta["source"].get("fingerprint") == fingerprint:
+        return data
+    # Touched but maybe unchanged (copied, checked out again): compare contents.
+    if meta["source"].get("bytes") != source.total_bytes():
+        return None
+    if _source_sha256(source) != meta["source"].get("sha256"):
+        return None
+    meta["source"]["fingerprint"] = fingerprint
+    atomic_write_json(out / "meta.json", meta)
+    return data
+
+
+def _source_sha256(source: TextSource) -> str:
+    if source.known_sha256:
+        return source.known_sha256  # verified when it was fetched
+    hasher = hashlib.sha256()
+    for document in source.documents(hasher):
+        for _ in document:
+            pass
+    return hasher.hexdigest()
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an existing result is replaced only after success."""
+    try:
+        os.rename(tmp, out)
+        return
+    except OSError:
+        if not out.exists():
+            raise
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if not out.exists():
+            os.rename(old, out)  # put the previous result back
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process installed the same result first
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class _Scan:
+    chars: int
+    documents: int
+    sha256: str
+    alphabet: list[str] | None
+
+
+def _build(folder: Path, source: TextSource, settings: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    kind = settings["tokenizer"]
+
+    start = time.perf_counter()
+    scan = _scan(source, want_alphabet=(kind == "char"), quiet=quiet)
+    timings["scan_s"] = time.perf_counter() - start
+    if scan.chars == 0:
+        raise DataError(f"--dataset {source.location} contains no text")
+    train_chars = int(scan.chars * (1.0 - settings["val_fraction"]))
+    if train_chars < 1 or train_chars >= scan.chars:
+        raise DataError(
+            f"--dataset {source.location} has only {scan.chars} characters: too few to split into "
+            f"train and val with --val_fraction {settings['val_fraction']}"
+        )
+    window = max(1, (scan.chars - train_chars) // 2)
+
+    start = time.perf_counter()
+    tokenizer = _make_tokenizer(source, settings, scan, train_chars, window, quiet)
+    timings["tokenizer_s"] = time.perf_counter() - start
+    tokenizer.save(folder / "tokenizer.json")
+
+    start = time.perf_counter()
+    dtype = token_dtype(tokenizer.vocab_size)
+    counts = _encode_to_files(folder, source, tokenizer, dtype, train_chars, window, scan.chars, quiet)
+    timings["encode_s"] = time.perf_counter() - start
+    if counts["val"] == 0 or counts["train"] == 0:
+        empty = "val" if counts["val"] == 0 else "train"
+        raise DataError(
+            f"--dataset {source.location} is too small: the {empty} split came out empty "
+            f"({scan.chars} characters in all); add text or change --val_fraction"
+        )
+
+    meta = {
+        "format": PREPARED_FORMAT,
+        "dataset": source.name,
+        "source": {
+            "kind": source.kind,
+            "location": str(source.location),
+            "sha256": scan.sha256,
+            "bytes": source.total_bytes(),
+            "characters": scan.chars,
+            "documents": scan.documents,
+            "fingerprint": source.fingerprint(),
+        },
+        "tokenizer": {**tokenizer.identity(), "eos_token_id": tokenizer.eos_token_id},
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": dtype.str,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "split": {
+            "method": "by position: the first (1 - val_fraction) of the text is train, cut at a line break",
+            "val_fraction": settings["val_fraction"],
+            "train_characters": counts["train_chars"],
+            "val_characters": counts["val_chars"],
+        },
+        "settings": settings,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(folder / "meta.json", meta)
+    return meta
+
+
+def _progress(total: int, description: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="char",
+        unit_scale=True,
+        disable=quiet,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _scan(source: TextSource, want_alphabet: bool, quiet: bool) -> _Scan:
+    """First pass: character count, sha256 and (for char) the alphabet, without holding the text."""
+    hasher = hashlib.sha256()
+    chars = documents = 0
+    seen = np.zeros(128, dtype=bool)
+    with _progress(source.total_bytes(), "scan", quiet) as bar:
+        for document in source.documents(hasher):
+            documents += 1
+            for block in document:
+                chars += len(block)
+                bar.update(len(block))  # characters against a total in bytes: close enough for a bar
+                if want_alphabet:
+                    codes = _code_points(block)
+                    top = int(codes.max())
+                    if top >= len(seen):
+                        seen = np.concatenate([seen, np.zeros(top + 1 - len(seen), dtype=bool)])
+                    seen[np.unique(codes) if len(codes) < 4096 else np.flatnonzero(np.bincount(codes))] = True
+    alphabet = [chr(c) for c in np.flatnonzero(seen)] if want_alphabet else None
+    sha = source.known_sha256 or hasher.hexdigest()
+    return _Scan(chars=chars, documents=documents, sha256=sha, alphabet=alphabet)
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
+
+
+def _make_tokenizer(
+    source: TextSource, settings: dict[str, Any], scan: _Scan, train_chars: int, window: int, quiet: bool
+) -> Tokenizer:
+    kind = settings["tokenizer"]
+    if kind == "char":
+        # The alphabet of the whole corpus, so that val never has an unknown character.
+        return CharTokenizer(scan.alphabet or [], with_eot=source.multi_document)
+    if kind == "byte":
+        return ByteTokenizer(with_eot=True)
+
+    def training_text() -> Iterator[str]:
+        for side, blocks in split_documents(source.documents(), train_chars, window):
+            if side != "train":
+                return
+            yield from iter_pieces(blocks, piece_chars=1 << 16)
+
+    if not quiet:
+        import sys
+
+        print(
+            f"training BPE ({settings['vocab_size']} ids) on {train_chars:,} characters...", file=sys.stderr
+        )
+    return BPETokenizer.train(training_text(), settings["vocab_size"])
+
+
+def split_documents(
+    documents: Iterable[Iterable[str]], train_chars: int, window: int
+) -> Iterator[tuple[str, Iterator[str]]]:
+    """Yield ``(side, blocks)`` per document part: the first ``train_chars`` characters are train.
+
+    The cut moves forward to just after the next line break if one is within ``window`` characters
+    (in the same block); the document that holds the cut gives one train part and one val part.
+    Consume each part before asking for the next.
+    """
+    remaining = train_chars
+    for document in documents:
+        blocks = iter(document)
+        if remaining <= 0:
+            yield "val", blocks
+            continue
+        leftover: list[str] = []
+
+        def train_part(blocks: Iterator[str] = blocks, leftover: list[str] = leftover) -> Iterator[str]:
+            nonlocal remaining
+            for block in blocks:
+                if len(block) < remaining:
+                    remaining -= len(block)
+                    yield block
+                    continue
+                newline = block.find("\n", remaining - 1, remaining - 1 + window)
+                cut = newline + 1 if newline >= 0 else remaining
+                remaining = 0
+                if cut:
+                    yield block[:cut]
+                if cut < len(block):
+                    leftover.append(block[cut:])
+                return
+
+        yield "train", train_part()
+        if leftover:
+            yield "val", itertools.chain(leftover, blocks)
+
+
+class _TokenFile:
+    """Appends token ids to a flat binary file, counting them."""
+
+    def __init__(self, path: Path, dtype: np.dtype, eot: int | None):
+        self._file = open(path, "wb")
+        self.dtype = dtype
+        self.tokens = 0
+        self.chars = 0
+        self.parts = 0
+        self._eot = eot
+        self._needs_separator = False
+
+    def start_document(self) -> None:
+        # The separator is written lazily, so empty documents never leave two in a row.
+        self._needs_separator = self.tokens > 0 and self._eot is not None
+
+    def write(self, ids: np.ndarray, chars: int) -> None:
+        if len(ids) == 0:
+            return
+        if self._needs_separator:
+            np.array([self._eot], dtype=self.dtype).tofile(self._file)
+            self.tokens += 1
+            self._needs_separator = False
+        np.asarray(ids).astype(self.dtype, copy=False).tofile(self._file)
+        self.tokens += len(ids)
+        self.chars += chars
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _encode_to_files(
+    folder: Path,
+    source: TextSource,
+    tokenizer: Tokenizer,
+    dtype: np.dtype,
+    train_chars: int,
+    window: int,
+    total_chars: int,
+    quiet: bool,
+) -> dict[str, int]:
+    eot = tokenizer.eos_token_id
+    files = {side: _TokenFile(folder / f"{side}.bin", dtype, eot) for side in ("train", "val")}
+    encoder = _make_encoder(tokenizer)
+    try:
+        with _progress(total_chars, "encode", quiet) as bar:
+            for side, blocks in split_documents(source.documents(), train_chars, window):
+                out = files[side]
+                out.start_document()
+                for ids, chars in encoder(blocks):
+                    out.write(ids, chars)
+                    bar.update(chars)
+    finally:
+        encoder_close = getattr(encoder, "close", None)
+        if encoder_close:
+            encoder_close()
+        for f in files.values():
+            f.close()
+    return {
+        "train": files["train"].tokens,
+        "val": files["val"].tokens,
+        "train_chars": files["train"].chars,
+        "val_chars": files["val"].chars,
+    }
+
+
+def _make_encoder(tokenizer: Tokenizer):
+    """A function: blocks of one document -> iterator of (ids array, characters encoded)."""
+    if isinstance(tokenizer, CharTokenizer):
+        table = np.full(max(ord(c) for c in tokenizer.chars) + 1, -1, dtype=np.int64)
+        for i, c in enumerate(tokenizer.chars):
+            table[ord(c)] = i
+
+        def encode_chars(blocks: Iterable[str]) -> Iterator[tuple[np.ndarray, int]]:
+            for block in blocks:
+                codes = _code_points(block)
+                ids = table[np.minimum(codes, len(table) - 1)]
+                bad = (ids < 0) | (codes >= len(table))
+                if bad.any():
+                    tokenizer.encode(block[int(np.argmax(bad))])  # raises a DataError naming it
+                yield ids, len(block)
+
+        return encode_chars
+    if isinstance(tokenizer, ByteTokenizer):
+
+        def encode_bytes(blocks: Iterable[str]) -> Iterator[tuple[np.ndarray, int]]:
+            for block in blocks:
+                yield np.frombuffer(block.encode("utf-8", errors="surrogatepass"), dtype=np.uint8), len(block)
+
+        return encode_bytes
+    assert isinstance(tokenizer, BPETokenizer)
+    return _BPEEncoder(tokenizer)
+
+
+class _BPEEncoder:
+    """Batch-encodes ~1 KiB pieces with ``tokenizers`` in a helper thread.
+
+    ``encode_batch`` releases the GIL and runs on all cores, so while one batch is being encoded
+    the main thread cuts the next one and writes the previous one.
+    """
+
+    def __init__(self, tokenizer: BPETokenizer):
+        self._hf = tokenizer.hf_tokenizer
+        self._pool = ThreadPoolExecutor(max_workers=1)
+
+    def _encode(self, pieces: list[str]) -> np.ndarray:
+        encodings = self._hf.encode_batch_fast(pieces, add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        total = sum(map(len, ids))
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+
+    def __call__(self, blocks: Iterable[str]) -> Iterator[tuple[np.ndarray, int]]:
+        pending = None
+        for batch in _batches(iter_pieces(blocks), BPE_BATCH_CHARS):
+            future = self._pool.submit(self._encode, batch)
+            if pending is not None:
+                yield pending[0].result(), pending[1]
+            pending = (future, sum(map(len, batch)))
+        if pending is not None:
+            yield pending[0].result(), pending[1]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batches(pieces: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch

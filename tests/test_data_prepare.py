@@ -1,0 +1,210 @@
+"""Preparation on real data (tiny Shakespeare) and on small texts: counts, split, dtype, reuse, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nima.data import load_prepared, prepare, prepare_dataset
+from nima.data import preparation as prepare_module
+from nima.data.preparation import token_dtype
+from nima.data.tokenizer import EOT_TEXT
+from nima.errors import DataError
+
+SHAKESPEARE_CHARS = 1_115_394
+
+
+def _decode_all(data) -> str:
+    return data.tokenizer.decode(np.asarray(data.tokens("train")).tolist()) + data.tokenizer.decode(
+        np.asarray(data.tokens("val")).tolist()
+    )
+
+
+def test_tiny_shakespeare_char(session_data_dir: Path, tiny_shakespeare_file: Path) -> None:
+    data = prepare("tiny_shakespeare", "char")
+    assert data.path == session_data_dir / "tiny_shakespeare" / "char"
+    assert data.tokenizer.vocab_size == 65
+    assert data.train_tokens + data.val_tokens == SHAKESPEARE_CHARS  # one token per character
+    # The split: the last ~10% of the text, cut at a line break.
+    assert abs(data.val_tokens - SHAKESPEARE_CHARS * 0.1) < 200
+    text = tiny_shakespeare_file.read_text(encoding="utf-8")
+    assert text[: data.train_tokens].endswith("\n")
+    train = data.tokens("train")
+    assert isinstance(train, np.memmap) and train.dtype == np.dtype("<u2")
+    assert (data.path / "train.bin").stat().st_size == 2 * data.train_tokens
+    assert _decode_all(data) == text
+    meta = json.loads((data.path / "meta.json").read_text())
+    assert meta["source"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    assert meta["dtype"] == "<u2" and meta["tokenizer"]["kind"] == "char"
+    assert meta["split"]["val_fraction"] == 0.1
+    assert {"dataset", "vocab_size", "train_tokens", "val_tokens", "settings"} <= set(meta)
+
+
+@pytest.mark.slow
+def test_tiny_shakespeare_byte_and_bpe(tiny_shakespeare_file: Path) -> None:
+    text = tiny_shakespeare_file.read_text(encoding="utf-8")
+    byte = prepare("tiny_shakespeare", "byte")
+    assert byte.tokenizer.vocab_size == 257
+    assert byte.train_tokens + byte.val_tokens == len(text.encode())
+    bpe = prepare("tiny_shakespeare", "bpe", vocab_size=500)
+    assert bpe.path.name == "bpe-500" and bpe.tokenizer.vocab_size == 500
+    assert bpe.dtype == np.dtype("<u2")
+    assert bpe.train_tokens + bpe.val_tokens < len(text) / 1.5
+    assert _decode_all(bpe) == text
+    # Chunked, parallel encoding gives exactly the ids of encoding each split whole.
+    train_text = text[: bpe.meta["split"]["train_characters"]]
+    assert np.asarray(bpe.tokens("train")).tolist() == bpe.tokenizer.encode(train_text)
+
+
+def test_guide_prepare_dataset(tiny_shakespeare_file: Path) -> None:
+    train, val, tokenizer = prepare_dataset(
+        dataset_name="tiny_shakespeare", tokenizer_type="char", max_length=512
+    )
+    assert tokenizer.vocab_size == 65
+    assert train.max_length == 512 and len(train[0]) == 513
+    assert train.prepared_path is not None and train.tokenizer_identity == tokenizer.identity()
+    # Validation covers every token: full windows plus a shorter last one.
+    covered = sum(len(val[i]) - 1 for i in range(len(val)))
+    assert covered == val.num_tokens - 1
+
+
+def test_reuse_and_reprepare_on_change(tmp_path: Path) -> None:
+    corpus = tmp_path / "story.txt"
+    corpus.write_text("".join(f"line {i} of the story\n" for i in range(200)))
+    data_dir = tmp_path / "data"
+    first = prepare(corpus, "char", data_dir=data_dir)
+    assert first.path == data_dir / "story" / "char"
+    created = first.meta["created"], (first.path / "train.bin").stat().st_ino
+    again = prepare(corpus, "char", data_dir=data_dir)
+    assert (again.meta["created"], (again.path / "train.bin").stat().st_ino) == created
+
+    # Touched but unchanged: still reused (checked by sha256).
+    os.utime(corpus, ns=(1, 1))
+    assert (prepare(corpus, "char", data_dir=data_dir).path / "train.bin").stat().st_ino == created[1]
+
+    # A changed setting prepares anew.
+    other_split = prepare(corpus, "char", data_dir=data_dir, val_fraction=0.5)
+    assert other_split.val_tokens > 3 * first.val_tokens
+
+    # A changed source prepares anew.
+    corpus.write_text(corpus.read_text() + "an extra line with new letters XYZ\n")
+    changed = prepare(corpus, "char", data_dir=data_dir)
+    assert changed.train_tokens + changed.val_tokens > first.train_tokens + first.val_tokens
+    assert "X" in changed.tokenizer.chars
+    assert [p.name for p in (data_dir / "story").iterdir()] == ["char"]  # no temp folders left
+
+
+def test_failed_preparation_leaves_the_good_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = tmp_path / "book.txt"
+    corpus.write_text("all good text\n" * 300)
+    data_dir = tmp_path / "data"
+    good = prepare(corpus, "byte", data_dir=data_dir)
+    before = {p.name: p.read_bytes() for p in good.path.iterdir()}
+
+    corpus.write_text("changed text that will fail\n" * 300)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(prepare_module, "_encode_to_files", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        prepare(corpus, "byte", data_dir=data_dir)
+    assert {p.name: p.read_bytes() for p in good.path.iterdir()} == before
+    assert sorted(p.name for p in (data_dir / "book").iterdir()) == ["byte"]
+
+
+def test_folder_of_text_files_separates_documents(tmp_path: Path) -> None:
+    folder = tmp_path / "letters"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"{i:02d}.txt").write_text(f"Dear friend number {i},\nall is well.\n")
+    (folder / "ignored.md").write_text("not text")
+    data = prepare(folder, "byte", data_dir=tmp_path / "data")
+    assert data.meta["source"]["documents"] == 10
+    docs = [(folder / f"{i:02d}.txt").read_text() for i in range(10)]
+    train = data.tokenizer.decode(data.tokens("train").tolist()).split(EOT_TEXT)
+    val = data.tokenizer.decode(data.tokens("val").tolist()).split(EOT_TEXT)
+    # Whole documents on each side, one end-of-text between two; at most one document is cut by the split.
+    assert train[:-1] == docs[: len(train) - 1] and val[1:] == docs[len(docs) - len(val) + 1 :]
+    assert "".join(train + val) == "".join(docs)
+    assert len(train) + len(val) in (10, 11)
+    char = prepare(folder, "char", data_dir=tmp_path / "data")
+    assert char.tokenizer.eos_token_id is not None
+
+
+def test_jsonl_with_text_field(tmp_path: Path) -> None:
+    path = tmp_path / "posts.jsonl"
+    rows = [{"id": i, "body": f"post {i}: hello there\n"} for i in range(50)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = prepare(path, "bpe", vocab_size=300, data_dir=tmp_path / "data", text_field="body")
+    train = data.tokenizer.decode(data.tokens("train").tolist()).split(EOT_TEXT)
+    val = data.tokenizer.decode(data.tokens("val").tolist()).split(EOT_TEXT)
+    assert "".join(train + val) == "".join(r["body"] for r in rows)
+    assert len(train) + len(val) in (50, 51) and train[0] == rows[0]["body"]
+    with pytest.raises(DataError, match="no field 'text'.*--text_field"):
+        prepare(path, "char", data_dir=tmp_path / "data")
+
+
+def test_uint32_when_the_vocabulary_is_large(tmp_path: Path) -> None:
+    assert token_dtype(65536) == np.dtype("<u2") and token_dtype(65537) == np.dtype("<u4")
+    alphabet = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 20992)) + "".join(
+        chr(c) for c in range(0x20000, 0x20000 + 45000)
+    )
+    path = tmp_path / "wide.txt"
+    path.write_text(
+        "\n".join(alphabet[i : i + 100] for i in range(0, len(alphabet), 100)) + "\n" + alphabet[:5000]
+    )
+    data = prepare(path, "char", data_dir=tmp_path / "data")
+    assert data.tokenizer.vocab_size > 65536
+    assert data.dtype == np.dtype("<u4") and data.tokens("train").dtype == np.dtype("<u4")
+    assert _decode_all(data) == path.read_text()
+
+
+def test_other_encodings(tmp_path: Path) -> None:
+    path = tmp_path / "latin.txt"
+    path.write_bytes(("Café crème, señor.\n" * 50).encode("latin-1"))
+    data = prepare(path, "char", data_dir=tmp_path / "data", encoding="latin-1")
+    assert "é" in data.tokenizer.chars
+    assert _decode_all(data) == ("Café crème, señor.\n" * 50)
+
+
+def test_tiny_shakespeare_from_the_mirror(
+    tmp_path: Path, tiny_shakespeare_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NIMA_DATA_MIRROR", str(tiny_shakespeare_file.parent.parent))
+    data_dir = tmp_path / "data"
+    (data_dir / "tiny_shakespeare").mkdir(parents=True)
+    (data_dir / "tiny_shakespeare" / "input.txt").write_text("a damaged copy")  # wrong hash: replaced
+    data = prepare("tiny_shakespeare", "byte", data_dir=data_dir)
+    assert data.train_tokens + data.val_tokens == SHAKESPEARE_CHARS
+    assert (data_dir / "tiny_shakespeare" / "input.txt").read_bytes() == tiny_shakespeare_file.read_bytes()
+
+
+def test_load_prepared_detects_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("some words here\n" * 100)
+    data = prepare(path, "char", data_dir=tmp_path / "data")
+    assert load_prepared(data.path).meta == data.meta
+    with open(data.train_path, "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(DataError, match="truncated"):
+        load_prepared(data.path)
+    assert prepare(path, "char", data_dir=tmp_path / "data").train_tokens == data.train_tokens  # repaired
+    with pytest.raises(DataError, match="no prepared dataset"):
+        load_prepared(tmp_path / "nowhere")
+
+
+def test_public_names_and_a_light_cli() -> None:
+    import nima.data
+
+    for name in nima.data.__all__:
+        assert getattr(nima.data, name) is not None
+    # `nima prepare` needs no PyTorch: it starts fast.
+    code = "import sys, nima.data.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
