@@ -1,0 +1,33 @@
+"""Training: TrainingConfig, the Trainer, optimizers, schedules, precision, checkpoints, callbacks.
+
+``Trainer(model, config, train_dataloader, eval_dataloader).train()`` runs a full training loop
+(accumulation, mixed precision where it pays, evaluation, checkpoints, exact resume);
+``get_optimizer`` and ``get_scheduler`` are usable on their own, as are the callbacks
+``EarlyStopping``, ``MetricsTracker`` and ``ProgressPrinter``.
+"""
+
+from nima.training.callbacks import Callback, EarlyStopping, MetricsTracker, ProgressPrinter
+from nima.training.checkpoint import load_checkpoint_file, load_model_from_checkpoint
+from nima.training.config import TrainingConfig
+from nima.training.optimizers import AdamWScale, get_optimizer, parameter_groups
+from nima.training.precision import PrecisionChoice, choose_precision
+from nima.training.schedulers import get_scheduler, lr_multiplier
+from nima.training.trainer import Trainer
+
+__all__ = [
+    "AdamWScale",
+    "Callback",
+    "EarlyStopping",
+    "MetricsTracker",
+    "PrecisionChoice",
+    "ProgressPrinter",
+    "Trainer",
+    "TrainingConfig",
+    "choose_precision",
+    "get_optimizer",
+    "get_scheduler",
+    "load_checkpoint_file",
+    "load_model_from_checkpoint",
+    "lr_multiplier",
+    "parameter_groups",
+]

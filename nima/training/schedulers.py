@@ -1,0 +1,91 @@
+"""Learning-rate schedules: linear warmup, then cosine, linear, constant or cosine with restarts.
+
+Step ``s`` is the number of optimizer steps already taken (the scheduler is stepped after each
+optimizer step). With ``W`` warmup steps, ``N`` total steps, peak ``lr`` and floor ``min_lr``:
+
+* warmup (``s < W``): ``lr * (s + 1) / W``  (the first step already moves; step W-1 is at peak)
+* then with ``progress = (s - W) / (N - W)`` clamped to [0, 1]:
+  - cosine:          ``min_lr + (lr - min_lr) * 0.5 * (1 + cos(pi * progress))``
+  - linear:          ``min_lr + (lr - min_lr) * (1 - progress)``
+  - constant:        ``lr``
+  - cosine_restarts: cosine over each of ``num_cycles`` equal cycles, back to ``lr`` at each start
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from nima.errors import ConfigError
+
+SCHEDULER_TYPES = ("cosine", "linear", "constant", "cosine_restarts")
+
+
+def lr_multiplier(
+    scheduler_type: str,
+    step: int,
+    num_training_steps: int,
+    num_warmup_steps: int = 0,
+    min_ratio: float = 0.0,
+    num_cycles: int = 4,
+) -> float:
+    """The factor applied to the peak learning rate after ``step`` optimizer steps."""
+    if step < num_warmup_steps:
+        return (step + 1) / num_warmup_steps
+    if scheduler_type == "constant":
+        return 1.0
+    progress = min(1.0, max(0.0, (step - num_warmup_steps) / max(1, num_training_steps - num_warmup_steps)))
+    if scheduler_type == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif scheduler_type == "linear":
+        shape = 1.0 - progress
+    elif scheduler_type == "cosine_restarts":
+        cycle_progress = 1.0 if progress >= 1.0 else (progress * num_cycles) % 1.0
+        shape = 0.5 * (1.0 + math.cos(math.pi * cycle_progress))
+    else:
+        raise ConfigError(
+            f"scheduler_type must be one of {', '.join(SCHEDULER_TYPES)}, got {scheduler_type!r}"
+        )
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
+def get_scheduler(
+    optimizer: torch.optim.Optimizer,
+    scheduler_type: str = "cosine",
+    num_training_steps: int = 1000,
+    num_warmup_steps: int = 0,
+    min_lr: float = 0.0,
+    num_cycles: int = 4,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A ``LambdaLR`` following the schedule above; call ``.step()`` after each optimizer step.
+
+    ``min_lr`` is absolute (the same floor for every parameter group).
+    """
+    if scheduler_type not in SCHEDULER_TYPES:
+        from nima.training.validation import suggest
+
+        raise ConfigError(
+            f"scheduler_type must be one of {', '.join(SCHEDULER_TYPES)}, "
+            f"got {scheduler_type!r}{suggest(str(scheduler_type), SCHEDULER_TYPES)}"
+        )
+    if num_training_steps < 1 or num_warmup_steps < 0 or min_lr < 0 or num_cycles < 1:
+        raise ConfigError(
+            "scheduler needs num_training_steps >= 1, num_warmup_steps >= 0, min_lr >= 0, "
+            f"num_cycles >= 1; got {num_training_steps}, {num_warmup_steps}, {min_lr}, {num_cycles}"
+        )
+
+    def for_group(peak: float) -> Callable[[int], float]:
+        min_ratio = min(1.0, min_lr / peak) if peak > 0 else 0.0
+
+        def factor(step: int) -> float:
+            return lr_multiplier(
+                scheduler_type, step, num_training_steps, num_warmup_steps, min_ratio, num_cycles
+            )
+
+        return factor
+
+    peaks = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    return LambdaLR(optimizer, [for_group(p) for p in peaks])
