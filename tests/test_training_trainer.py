@@ -1,0 +1,321 @@
+"""The Trainer on tiny models: accumulation, learning, logging, checkpoints, exact resume, early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepare
+from nima.errors import CheckpointError, ConfigError
+from nima.models import ModelConfig, create_model
+from nima.training import Callback, EarlyStopping, Trainer, TrainingConfig
+from nima.training.checkpoint import load_model_from_checkpoint
+
+TINY = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "max_seq_len": 32}
+
+
+@pytest.fixture(scope="module")
+def prepared(session_data_dir: Path):
+    return prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
+
+
+def tiny_model(prepared, seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = {**TINY, "vocab_size": prepared.tokenizer.vocab_size, **overrides}
+    return create_model(ModelConfig(**cfg))
+
+
+def small_loader(
+    prepared,
+    batch_size: int = 8,
+    tokens: int = 5000,
+    shuffle: bool = True,
+    split: str = "train",
+    max_length: int = 32,
+    seed: int = 0,
+):
+    data = np.asarray(prepared.tokens(split)[:tokens])
+    dataset = TokenWindowDataset(
+        data,
+        max_length,
+        seed=seed,
+        random_offset=shuffle,
+        include_partial=not shuffle,
+        tokenizer_identity=prepared.tokenizer.identity(),
+        prepared_path=prepared.path,
+    )
+    return create_dataloader(
+        dataset, batch_size, collate_fn=DataCollator(prepared.tokenizer), shuffle=shuffle, seed=seed
+    )
+
+
+def config(tmp_path: Path, **kw) -> TrainingConfig:
+    base = {
+        "max_steps": 10,
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "output_dir": str(tmp_path / "out"),
+        "log_every": 1,
+        "eval_every": 0,
+        "save_every": 0,
+        "progress_bar": False,
+        "eval_batches": 4,
+    }
+    return TrainingConfig(**{**base, **kw})
+
+
+class StepLosses(Callback):
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.losses: dict[int, float] = {}
+        self.stop_at = stop_at
+
+    def on_step_end(self, trainer, metrics) -> None:
+        self.losses[trainer.step] = metrics["loss"]
+        if self.stop_at is not None and trainer.step >= self.stop_at:
+            trainer.should_stop = True
+
+
+# ---------------------------------------------------------------- gradient accumulation
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_accumulation_16x4_equals_64(prepared, tmp_path: Path) -> None:
+    big = small_loader(prepared, batch_size=64, tokens=70 * 33, shuffle=False, split="val")
+    small = small_loader(prepared, batch_size=16, tokens=70 * 33, shuffle=False, split="val")
+    model_a, model_b = tiny_model(prepared), tiny_model(prepared)
+    a = Trainer(model_a, config(tmp_path, batch_size=64), big)
+    b = Trainer(model_b, config(tmp_path, batch_size=16, gradient_accumulation_steps=4), small)
+    loss_a = a.forward_backward([next(iter(big))])
+    it = iter(small)
+    loss_b = b.forward_backward([next(it) for _ in range(4)])
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    grads_a, grads_b = _grads(model_a), _grads(model_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_accumulation_weights_micro_batches_by_labelled_tokens(prepared, tmp_path: Path) -> None:
+    # Micro-batches with different numbers of ignored labels: the window's loss is the mean over
+    # all labelled tokens, exactly as if they were one batch.
+    torch.manual_seed(0)
+    ids = torch.randint(0, prepared.tokenizer.vocab_size, (4, 16))
+    labels = torch.randint(0, prepared.tokenizer.vocab_size, (4, 16))
+    labels[0, 3:] = -100
+    labels[1, 10:] = -100
+    model_a, model_b = tiny_model(prepared), tiny_model(prepared)
+    loader = [{"input_ids": ids, "labels": labels}]
+    a = Trainer(model_a, config(tmp_path, batch_size=4), loader)
+    b = Trainer(model_b, config(tmp_path, batch_size=4, gradient_accumulation_steps=2), loader)
+    loss_a = a.forward_backward([{"input_ids": ids, "labels": labels}])
+    loss_b = b.forward_backward(
+        [{"input_ids": ids[:2], "labels": labels[:2]}, {"input_ids": ids[2:], "labels": labels[2:]}]
+    )
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    for name, grad in _grads(model_a).items():
+        torch.testing.assert_close(grad, _grads(model_b)[name], rtol=1e-4, atol=1e-6)
+
+
+def test_accumulated_training_matches_big_batches_end_to_end(prepared, tmp_path: Path) -> None:
+    # SGD is linear in the gradient, so 3 steps of 8x2 and of 16x1 end at the same weights.
+    big = small_loader(prepared, batch_size=16, tokens=60 * 33, shuffle=False, split="val")
+    small = small_loader(prepared, batch_size=8, tokens=60 * 33, shuffle=False, split="val")
+    model_a, model_b = tiny_model(prepared), tiny_model(prepared)
+    common = {
+        "max_steps": 3,
+        "optimizer_type": "sgd",
+        "momentum": 0.0,
+        "learning_rate": 0.5,
+        "lr_scheduler_type": "constant",
+        "gradient_clip": None,
+    }
+    Trainer(model_a, config(tmp_path / "a", batch_size=16, **common), big).train()
+    Trainer(
+        model_b, config(tmp_path / "b", batch_size=8, gradient_accumulation_steps=2, **common), small
+    ).train()
+    for (name, p), q in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------- learning, logging, checkpoints
+
+
+@pytest.mark.slow
+def test_loss_decreases_on_tiny_shakespeare(prepared, tmp_path: Path) -> None:
+    train = small_loader(prepared, batch_size=16, tokens=200_000)
+    val = small_loader(prepared, batch_size=16, tokens=20_000, shuffle=False, split="val")
+    model = tiny_model(prepared, d_model=64, d_ff=256)
+    cfg = config(
+        tmp_path,
+        max_steps=150,
+        batch_size=16,
+        eval_every=50,
+        log_every=10,
+        learning_rate=2e-3,
+        warmup_steps=10,
+    )
+    results = Trainer(model, cfg, train, val).train()
+    history = [
+        json.loads(line) for line in (tmp_path / "out" / "logs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    vals = [h["val_loss"] for h in history if "val_loss" in h]
+    assert vals[0] > vals[-1]
+    assert results["final_val_loss"] < 2.9 < math.log(prepared.tokenizer.vocab_size)
+    assert history[0]["loss"] > history[-1]["loss"]
+
+
+def test_results_metrics_and_checkpoints(prepared, tmp_path: Path) -> None:
+    train = small_loader(prepared, batch_size=8, tokens=3000)  # 11 batches per epoch
+    val = small_loader(prepared, batch_size=8, tokens=1000, shuffle=False, split="val")
+    cfg = config(
+        tmp_path,
+        max_steps=12,
+        eval_every=4,
+        save_every=4,
+        log_every=2,
+        keep_last_checkpoints=2,
+        gradient_accumulation_steps=2,
+    )
+    trainer = Trainer(tiny_model(prepared), cfg, train, val, tokenizer=prepared.tokenizer)
+    results = trainer.train()
+    assert results["steps"] == 12
+    # 11 batches per epoch in windows of 2: 2+2+2+2+2+1, so 12 steps are 2 epochs = 22 batches.
+    assert results["tokens"] == 22 * 8 * 32
+    assert results["tokens_per_s"] > 0 and results["wall_time_s"] > 0
+    assert results["best_val_loss"] <= results["final_val_loss"]
+    ckdir = tmp_path / "out" / "checkpoints"
+    names = sorted(p.name for p in ckdir.iterdir())
+    assert names == ["best_model.pt", "epoch_1.pt", "epoch_2.pt", "step_12.pt", "step_8.pt"]
+    lines = [json.loads(x) for x in (tmp_path / "out" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4, 6, 8, 10, 12]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= lines[0].keys()
+    assert [x["step"] for x in lines if "val_loss" in x] == [4, 8, 12]
+
+    ckpt = torch.load(ckdir / "step_12.pt", map_location="cpu", weights_only=True)
+    assert ckpt["format"] == "nima-checkpoint-v1"
+    assert ckpt["step"] == 12 and ckpt["epoch"] == 2 and ckpt["batch_in_epoch"] == 0
+    step8 = torch.load(ckdir / "step_8.pt", map_location="cpu", weights_only=True)
+    assert (step8["epoch"], step8["batch_in_epoch"]) == (1, 4)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    assert ckpt["model_config"]["d_model"] == 32
+    assert ckpt["tokenizer"]["kind"] == "char" and ckpt["tokenizer"]["sha256"]
+    assert Path(ckpt["tokenizer"]["path"]).is_file()
+    assert ckpt["data"]["prepared_path"] == str(prepared.path)
+    assert ckpt["training_config"]["max_steps"] == 12
+    assert {"optimizer", "scheduler", "scaler", "best_val_loss", "rng"} <= ckpt.keys()
+    assert ckpt["best_val_loss"] == pytest.approx(results["best_val_loss"])
+
+    model, loaded = load_model_from_checkpoint(ckdir / "best_model.pt")
+    assert not model.training and loaded["step"] in (4, 8, 12)
+
+
+def _resume_run(
+    prepared, tmp_path: Path, stop_at: int | None, resume_from: Path | None = None, model_seed: int = 0
+):
+    train = small_loader(prepared, batch_size=4, tokens=2000)  # 15 batches: an odd window ends each epoch
+    val = small_loader(prepared, batch_size=8, tokens=600, shuffle=False, split="val")
+    cfg = config(
+        tmp_path,
+        max_steps=40,
+        batch_size=4,
+        gradient_accumulation_steps=2,
+        eval_every=7,
+        save_every=0,
+        warmup_steps=5,
+    )
+    recorder = StepLosses(stop_at=stop_at)
+    trainer = Trainer(
+        tiny_model(prepared, seed=model_seed, dropout=0.1), cfg, train, val, callbacks=[recorder]
+    )
+    if resume_from is not None:
+        trainer.load_checkpoint(resume_from)
+    trainer.train()
+    return trainer, recorder.losses
+
+
+@pytest.mark.slow
+def test_resume_is_bit_exact(prepared, tmp_path: Path) -> None:
+    _, straight = _resume_run(prepared, tmp_path / "straight", stop_at=None)
+    first, losses_a = _resume_run(prepared, tmp_path / "split", stop_at=20)
+    path = first.save_checkpoint("interrupted")
+    assert first.step == 20 and first.epoch == 2 and 0 < first.batch_in_epoch < 15
+    del first
+    # A fresh model (different init) and trainer, as in a new process.
+    _, losses_b = _resume_run(prepared, tmp_path / "split", stop_at=None, resume_from=path, model_seed=123)
+    assert sorted(straight) == list(range(1, 41))
+    assert {**losses_a, **losses_b} == straight  # bit-identical float losses at every step
+
+
+def test_resume_with_mismatched_model_or_tokenizer_fails(prepared, tmp_path: Path) -> None:
+    train = small_loader(prepared, tokens=1000)
+    trainer = Trainer(tiny_model(prepared), config(tmp_path, max_steps=1), train)
+    trainer.train()
+    path = trainer.save_checkpoint("a")
+    other = Trainer(tiny_model(prepared, n_layers=3), config(tmp_path, max_steps=1), train)
+    with pytest.raises(CheckpointError, match=r"model\.n_layers: checkpoint 2, model 3"):
+        other.load_checkpoint(path)
+
+    class OtherTokenizer:
+        def identity(self):
+            return {"kind": "byte", "vocab_size": 257, "sha256": "0" * 64}
+
+    odd = Trainer(tiny_model(prepared), config(tmp_path, max_steps=1), train, tokenizer=OtherTokenizer())
+    with pytest.raises(CheckpointError, match=r"tokenizer\.kind: checkpoint 'char', data 'byte'"):
+        odd.load_checkpoint(path)
+
+
+def test_early_stopping_in_the_trainer(prepared, tmp_path: Path) -> None:
+    train = small_loader(prepared, tokens=3000)
+    val = small_loader(prepared, tokens=600, shuffle=False, split="val")
+    # A learning rate this tiny cannot improve the validation loss by min_delta.
+    cfg = config(
+        tmp_path,
+        max_steps=50,
+        eval_every=2,
+        learning_rate=1e-9,
+        early_stopping_patience=2,
+        early_stopping_min_delta=0.5,
+    )
+    results = Trainer(tiny_model(prepared), cfg, train, val).train()
+    assert results["stopped_early"] and results["steps"] == 6
+    stopper = EarlyStopping(patience=1, min_delta=0.5)
+    trainer = Trainer(
+        tiny_model(prepared),
+        config(tmp_path, max_steps=50, eval_every=2, learning_rate=1e-9),
+        train,
+        val,
+        callbacks=[stopper],
+    )
+    assert trainer.train()["steps"] == 4
+
+
+def test_num_epochs_and_batch_size_warning(prepared, tmp_path: Path) -> None:
+    train = small_loader(prepared, batch_size=8, tokens=2000)  # 7 batches per epoch
+    with pytest.warns(UserWarning, match="batch_size=32 but the train loader yields batches of 8"):
+        trainer = Trainer(
+            tiny_model(prepared), config(tmp_path, max_steps=None, num_epochs=2, batch_size=32), train
+        )
+    results = trainer.train()
+    assert results["steps"] == 14 and trainer.epoch == 2
+
+
+def test_empty_loader_and_bad_config(prepared, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TrainingConfig"):
+        Trainer(tiny_model(prepared), {"max_steps": 3}, [])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no batches"):
+        Trainer(tiny_model(prepared), config(tmp_path, max_steps=3), []).train()
+
+
+def test_gradient_checkpointing_flag(prepared, tmp_path: Path) -> None:
+    model = tiny_model(prepared)
+    train = small_loader(prepared, tokens=1000)
+    Trainer(model, config(tmp_path, max_steps=2, gradient_checkpointing=True), train).train()
+    assert model.config.gradient_checkpointing is True
