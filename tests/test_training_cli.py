@@ -1,0 +1,172 @@
+"""`scripts/train.py` / `nima train` end to end: tiny overrides, config errors, resume, fallback corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nima.errors import ConfigError
+from nima.training import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--model.d_model=32",
+    "--model.n_heads=2",
+    "--model.n_layers=1",
+    "--model.d_ff=64",
+    "--model.max_seq_len=32",
+    "--training.batch_size=4",
+    "--training.eval_batches=2",
+    "--training.warmup_steps=1",
+]
+
+
+def train_script(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "scripts/train.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_train_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = train_script(
+        "--config",
+        "configs/cpu_quick.yaml",
+        "--training.max_steps=5",
+        f"--training.output_dir={out}",
+        "--training.eval_every",
+        "5",
+        *TINY,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "precision: fp32" in first.stdout or "precision: bf16" in first.stdout
+    assert (out / "checkpoints" / "step_5.pt").is_file()
+    lines = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 5 and "val_loss" in lines[-1]
+
+    second = train_script(
+        "--config",
+        "configs/cpu_quick.yaml",
+        "--training.max_steps=8",
+        f"--training.output_dir={out}",
+        "--checkpoint",
+        str(out / "checkpoints" / "step_5.pt"),
+        *TINY,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 5" in second.stdout
+    ckpt = torch.load(out / "checkpoints" / "step_8.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 8
+
+
+@pytest.mark.slow
+def test_base_config_vocab_is_corrected_once(tmp_path: Path) -> None:
+    result = train_script(
+        "--config",
+        "configs/base_model.yaml",
+        "--training.max_steps=2",
+        f"--training.output_dir={tmp_path}",
+        "--training.num_epochs",
+        "1",
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if "vocab_size" in line]
+    assert warnings == [
+        "warning: model.vocab_size=10000 changed to 65 (the char vocabulary comes from the tokenizer)"
+    ]
+    ckpt = torch.load(tmp_path / "checkpoints" / "step_2.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_config"]["vocab_size"] == 65
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--config", "configs/cpu_quick.yaml", "--training.learnig_rate=1"],
+            "error: configs/cpu_quick.yaml: unknown key training.learnig_rate "
+            "(did you mean training.learning_rate?)",
+        ),
+        (
+            ["--config", "configs/cpu_quick.yaml", "--training.gradient_accumulation_steps=0"],
+            "error: configs/cpu_quick.yaml: training.gradient_accumulation_steps must be >= 1, got 0",
+        ),
+        (["--config", "configs/nope.yaml"], "error: config file not found: configs/nope.yaml"),
+        (["--quick_test", "stray"], "error: unexpected argument 'stray'"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
+    result = train_script(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[0].startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_help_documents_overrides() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nima.cli", "train", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    for text in ("--config", "--quick_test", "--checkpoint", "--training.max_steps=20", "learning_rate"):
+        assert text in result.stdout
+
+
+def test_load_run_config_rules() -> None:
+    run = cli.load_run_config(None, True, ["--training.max_steps=3"])
+    assert run.training.max_steps == 3 and run.model.max_seq_len == 64
+    with pytest.raises(ConfigError, match="either --config or --quick_test"):
+        cli.load_run_config("configs/cpu_quick.yaml", True, [])
+    with pytest.raises(ConfigError, match="no config given"):
+        cli.load_run_config(None, False, [])
+
+
+def test_quick_test_recipe_matches_cpu_quick_yaml() -> None:
+    from nima.config import RunConfig
+
+    quick = cli.load_run_config(None, True, []).to_dict()
+    shipped = RunConfig.from_yaml(ROOT / "configs" / "cpu_quick.yaml").to_dict()
+    quick["training"].pop("output_dir")
+    shipped["training"].pop("output_dir")
+    assert quick == shipped
+
+
+@pytest.mark.slow
+def test_quick_test_falls_back_to_the_stdlib_corpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An empty data folder, no mirror and no network (conftest): tiny Shakespeare cannot be had.
+    code = cli.main(
+        [
+            "--quick_test",
+            "--training.max_steps=3",
+            f"--training.output_dir={tmp_path / 'out'}",
+            f"--data.data_dir={tmp_path / 'data'}",
+            "--training.eval_every=3",
+            *TINY,
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "tiny Shakespeare is not available" in out
+    assert "FALLBACK CORPUS" in out and "Python standard-library" in out
+    assert "sample:" in out
+    assert (tmp_path / "data" / "python_stdlib" / "char" / "train.bin").is_file()
+    assert (tmp_path / "out" / "checkpoints" / "step_3.pt").is_file()
