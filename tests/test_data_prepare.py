@@ -118,6 +118,14 @@ def test_failed_preparation_leaves_the_good_result(tmp_path: Path, monkeypatch: 
     assert {p.name: p.read_bytes() for p in good.path.iterdir()} == before
     assert sorted(p.name for p in (data_dir / "book").iterdir()) == ["byte"]
 
+    # Leftovers of a killed preparation are cleaned up once they are old.
+    monkeypatch.undo()
+    stale = data_dir / "book" / ".byte.tmp-killed"
+    stale.mkdir()
+    os.utime(stale, (1, 1))
+    prepare(corpus, "byte", data_dir=data_dir)
+    assert sorted(p.name for p in (data_dir / "book").iterdir()) == ["byte"]
+
 
 def test_folder_of_text_files_separates_documents(tmp_path: Path) -> None:
     folder = tmp_path / "letters"
@@ -208,3 +216,18 @@ def test_public_names_and_a_light_cli() -> None:
     # `nima prepare` needs no PyTorch: it starts fast.
     code = "import sys, nima.data.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_data_config_checks_its_values() -> None:
+    from nima.data import DataConfig
+    from nima.errors import ConfigError
+
+    config = DataConfig.from_dict({"dataset": "tiny_shakespeare", "tokenizer": "bpe"})
+    assert config.tokenizer == "bpe" and config.val_fraction == 0.1
+    assert DataConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="did you mean data.tokenizer"):
+        DataConfig.from_dict({"tokeniser": "char"})
+    with pytest.raises(ConfigError, match="data.tokenizer"):
+        DataConfig(tokenizer="word")
+    with pytest.raises(ConfigError, match="val_fraction"):
+        DataConfig(val_fraction=0)
