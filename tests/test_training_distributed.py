@@ -1,0 +1,108 @@
+"""Data-parallel training under torchrun on CPU (Gloo): two processes end with identical parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nima.data import prepare
+from nima.distributed import DistributedContext, all_reduce_mean, init_distributed, no_sync
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from nima.data import DataCollator, TokenWindowDataset, create_dataloader, load_prepared
+    from nima.distributed import cleanup, init_distributed
+    from nima.models import ModelConfig, create_model
+    from nima.training import Trainer, TrainingConfig
+
+    prepared_path, out = sys.argv[1], sys.argv[2]
+    ctx = init_distributed("cpu")
+    data = load_prepared(prepared_path)
+    ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
+                            tokenizer_identity=data.tokenizer.identity(), prepared_path=data.path)
+    loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True, seed=0,
+                               rank=ctx.rank, world_size=ctx.world_size)
+    first = next(iter(loader))["input_ids"]
+    torch.manual_seed(100 + ctx.rank)  # different initial weights: DDP must start from rank 0's
+    model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
+                                     n_layers=1, d_ff=64, max_seq_len=32, dropout=0.1))
+    cfg = TrainingConfig(max_steps=4, batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
+                         output_dir=out, eval_every=2, eval_batches=2, log_every=1, progress_bar=False)
+    trainer = Trainer(model, cfg, loader, loader)
+    results = trainer.train()
+    flat = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, flat)
+    firsts = [torch.zeros_like(first) for _ in range(ctx.world_size)]
+    dist.all_gather(firsts, first)
+    if ctx.rank == 0:
+        print("RESULT " + json.dumps({
+            "world_size": ctx.world_size,
+            "max_param_diff": max(float((g - gathered[0]).abs().max()) for g in gathered),
+            "same_first_batch": bool(torch.equal(firsts[0], firsts[1])),
+            "steps": results["steps"], "tokens": results["tokens"],
+            "val_loss": results["final_val_loss"],
+        }))
+    cleanup()
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path) -> None:
+    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(prepared.path),
+            str(tmp_path / "out"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    report = json.loads(line.removeprefix("RESULT "))
+    assert report["world_size"] == 2
+    assert report["max_param_diff"] == 0.0  # same weights on both ranks after training
+    assert not report["same_first_batch"]  # each rank reads its own shard
+    assert report["steps"] == 4 and report["tokens"] == 4 * 2 * 4 * 32 * 2
+    assert report["val_loss"] is not None
+    assert (tmp_path / "out" / "checkpoints" / "step_4.pt").is_file()
+    assert result.stdout.count("training ") == 1  # only rank 0 talks
+
+
+def test_single_process_helpers_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = init_distributed("cpu")
+    assert ctx == DistributedContext() and ctx.is_main and not ctx.enabled
+    t = torch.tensor([2.0])
+    assert all_reduce_mean(t).item() == 2.0
+    model = torch.nn.Linear(2, 2)
+    with no_sync(model, skip=True):
+        pass
