@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--context_length", type=int, help="window length in tokens (default: the model's max_seq_len)"
     )
     p.add_argument("--stride", type=int, help="step between windows (default: context length, no overlap)")
-    p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--batch_size", type=int, default=32, help="windows per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument(
         "--tokenizer", help="tokenizer.json or prepared data folder (default: found from the checkpoint)"

@@ -184,7 +184,7 @@ def evaluate_tokens(
     context_length: int | None = None,
     stride: int | None = None,
     max_tokens: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = 16,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> EvalResult:
