@@ -292,3 +292,32 @@ def test_gpt2_family_matches_the_reference_model():
     ours.load_state_dict(state)
     x = torch.randint(0, V, (2, ctx))
     torch.testing.assert_close(ours(x).logits, ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_embedding_depends_only_on_relative_position():
+    from nima.models.layers import RotaryEmbedding, apply_rotary
+
+    rope = RotaryEmbedding(head_dim=8, max_seq_len=32, theta=10000.0)
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(i: int, j: int) -> torch.Tensor:
+        return (apply_rotary(q, *rope(1, i)) * apply_rotary(k, *rope(1, j))).sum()
+
+    torch.testing.assert_close(score(5, 2), score(20, 17))
+    assert not torch.allclose(score(5, 2), score(5, 4))
+    torch.testing.assert_close(apply_rotary(q, *rope(1, 0)), q)  # position 0 is the identity
+    torch.testing.assert_close(apply_rotary(q, *rope(1, 9)).norm(), q.norm())  # a rotation
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_runs_under_bfloat16_autocast(arch):
+    torch.manual_seed(0)
+    model = GPT(tiny(arch=arch, n_kv_heads=2 if arch == "llama" else None))
+    x = torch.randint(0, 61, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, labels=x)
+        out.loss.backward()
+        generated = model.generate([1, 2, 3], 4, temperature=0)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert model.tok_emb.weight.grad is not None and generated.shape == (7,)

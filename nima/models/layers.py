@@ -65,8 +65,9 @@ def make_mlp(config: ModelConfig) -> nn.Module:
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (RoPE) tables for positions 0..max_seq_len-1.
 
-    Uses the "rotate half" layout: feature i is paired with feature i + head_dim/2. The cos/sin
-    tables are non-persistent buffers (recomputed at construction, never stored in checkpoints).
+    Uses the "rotate half" layout: feature i is paired with feature i + head_dim/2. The model owns
+    one instance for all layers. The cos/sin tables are non-persistent buffers (rebuilt at
+    construction, never stored in checkpoints).
     """
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
@@ -77,17 +78,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(
-        self, seq_len: int, start: int = 0, dtype: torch.dtype | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, seq_len: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) tables of shape (seq_len, head_dim) for positions start..start+seq_len-1."""
-        cos, sin = self.cos[start : start + seq_len], self.sin[start : start + seq_len]
-        if dtype is not None and dtype != cos.dtype:
-            cos, sin = cos.to(dtype), sin.to(dtype)
-        return cos, sin
+        return self.cos[start : start + seq_len], self.sin[start : start + seq_len]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` of shape (B, H, T, head_dim) by the (T, head_dim) tables of RotaryEmbedding."""
+    # Under autocast the tables (float32) would otherwise promote bf16/fp16 queries to float32.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
