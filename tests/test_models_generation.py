@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
 
 from nima.errors import ConfigError
 from nima.models import (
@@ -255,3 +259,28 @@ def test_invalid_prompts():
         model.generate([], 2)
     with pytest.raises(ConfigError, match="one prompt"):
         model.generate_stream(torch.zeros(2, 3, dtype=torch.long), 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=hnp.arrays(np.float32, st.integers(2, 12), elements=st.floats(-8, 8, width=32)),
+    p=st.floats(0.01, 0.99),
+)
+def test_top_p_keeps_a_minimal_nucleus(logits, p):
+    row = torch.from_numpy(logits)[None]
+    kept = torch.isfinite(top_p_filter(row, p))[0]
+    probs = torch.softmax(row[0].double(), dim=0)
+    assert kept[probs.argmax()]  # the most likely token always survives
+    assert probs[kept].sum() >= p - 1e-6  # enough mass ...
+    if kept.sum() > 1:  # ... and no token could be dropped without falling below p
+        assert probs[kept].sum() - probs[kept].min() < p + 1e-6
+    if (~kept).any():  # kept tokens are the likeliest
+        assert probs[~kept].max() <= probs[kept].min() + 1e-6
+
+
+def test_models_entry_point_reexports_the_package():
+    import models
+    import nima.models
+
+    assert set(models.__all__) == set(nima.models.__all__)
+    assert models.create_gpt_small is nima.models.create_gpt_small
