@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 
 import pytest
 
@@ -15,6 +17,19 @@ def test_every_field_has_a_kind_and_a_default():
     names = [f.name for f in dataclasses.fields(ModelConfig)]
     assert set(_FIELD_KINDS) == set(names)
     ModelConfig()  # all defaults are valid
+
+
+def test_every_field_has_a_docstring():
+    source = inspect.getsource(ModelConfig)
+    body = ast.parse(source).body[0].body
+    documented = {
+        stmt.target.id
+        for stmt, after in zip(body, body[1:], strict=False)
+        if isinstance(stmt, ast.AnnAssign)
+        and isinstance(after, ast.Expr)
+        and isinstance(after.value, ast.Constant)
+    }
+    assert documented == {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 def test_guide_yaml_section_loads():

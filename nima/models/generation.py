@@ -12,6 +12,7 @@ A prompt longer than ``max_seq_len`` is cut to its last ``max_seq_len`` tokens.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from numbers import Integral
 from typing import TYPE_CHECKING
 
 import torch
@@ -80,11 +81,11 @@ def sample_next_token(
 def _check_arguments(
     max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float
 ) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     if not temperature >= 0:
         raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1] or None, got {top_p!r}")
@@ -120,6 +121,7 @@ def _token_steps(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) step by step. Runs in eval mode without gradients."""
     B, T0 = prompt.shape
+    max_new_tokens, top_k = int(max_new_tokens), None if top_k is None else int(top_k)
     window = model.config.max_seq_len
     generator = None
     if seed is not None and temperature != 0:
