@@ -194,3 +194,36 @@ def test_result_serialises_and_formats():
     text = result.format()
     assert "perplexity" in text and "stride 4" in text and "bits per byte" in text
     assert EvalResult.from_totals(1e6, 1).perplexity == math.inf
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_byte_counts_with_nima_tokenizers_and_end_of_text(chunk):
+    from nima.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer
+
+    first, second = "naïve café — 東京 ", "Grüße\n"
+    byte = ByteTokenizer()
+    ids = byte.encode(first) + [byte.eos_token_id] + byte.encode(second)
+    # the end-of-text token separates documents: it adds no bytes or characters
+    assert count_text_units(byte, ids, chunk_tokens=chunk) == (
+        len((first + second).encode()),
+        len(first + second),
+    )
+    bpe = BPETokenizer.train([first * 20, second * 20], vocab_size=300)
+    ids = bpe.encode(first * 3 + second)
+    assert count_text_units(bpe, ids, chunk_tokens=chunk) == (
+        len((first * 3 + second).encode()),
+        len(first * 3 + second),
+    )
+    char = CharTokenizer(first + second)
+    assert count_text_units(char, char.encode(second), chunk_tokens=chunk) == (
+        len(second.encode()),
+        len(second),
+    )
+
+
+def test_token_stream_sources_agree():
+    ids = list(range(10)) * 30
+    model = PositionModel(10, max_seq_len=8)
+    expected = evaluate_tokens(model, ids, context_length=8, stride=3).total_nats
+    for source in (np.array(ids, dtype=np.uint16), torch.tensor(ids), tuple(ids)):
+        assert evaluate_model(model, source, context_length=8, stride=3).total_nats == pytest.approx(expected)

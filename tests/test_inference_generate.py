@@ -230,9 +230,12 @@ def test_byte_level_stream_never_prints_half_a_character():
 
 
 def test_empty_prompt_starts_from_end_of_text_or_asks_for_a_prompt(trained):
-    model, tok = trained  # a char tokenizer without an end-of-text token
+    model, tok = trained  # a char tokenizer without an end-of-text token: starts from a newline
+    assert len(generate_text(model, tok, "", SamplingSettings(max_new_tokens=3, seed=0))) == 3
+    no_newline = CharTokenizer("abc")
+    small = create_model({"n_layers": 1, "d_model": 16, "n_heads": 2, "max_seq_len": 16, "vocab_size": 3})
     with pytest.raises(ConfigError, match="--prompt"):
-        generate_text(model, tok, "", SamplingSettings(max_new_tokens=3))
+        generate_text(small, no_newline, "", SamplingSettings(max_new_tokens=3))
     byte_model = create_model(
         {"n_layers": 1, "d_model": 16, "n_heads": 2, "max_seq_len": 16, "vocab_size": 257}
     )

@@ -210,12 +210,17 @@ def evaluate_tokens(
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
     if n < 2:
         raise DataError(f"cannot evaluate {n} token(s): at least 2 are needed (one context, one target)")
-    stream = (
-        tokens
-        if isinstance(tokens, torch.Tensor)
-        else torch.from_numpy(np.asarray(tokens[:n]).astype(np.int64))
-    )
-    stream = stream[:n].long()
+    # Windows are read from the source as needed, so a memory-mapped split is never loaded whole.
+    if isinstance(tokens, torch.Tensor):
+        stream: Any = tokens.detach().cpu().numpy()
+    elif isinstance(tokens, np.ndarray):
+        stream = tokens
+    else:
+        stream = np.asarray(tokens[:n], dtype=np.int64)
+    stream = stream[:n]
+
+    def read(begin: int, end: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(stream[begin:end], dtype=np.int64))
 
     device = torch.device(device) if device is not None else _model_device(model)
     total_nats, scored, windows = 0.0, 0, 0
@@ -228,8 +233,9 @@ def evaluate_tokens(
         x = torch.zeros(len(pending), context, dtype=torch.long)
         y = torch.full((len(pending), context), IGNORE_INDEX, dtype=torch.long)
         for row, w in enumerate(pending):
-            x[row, : w.length] = stream[w.begin : w.end]
-            targets = stream[w.begin + 1 : w.end + 1]
+            window = read(w.begin, w.end + 1)
+            x[row, : w.length] = window[:-1]
+            targets = window[1:]
             skip = w.score_from - (w.begin + 1)  # leading targets that are context only
             y[row, skip : w.length] = targets[skip:]
         # Right padding (token 0, label -100) never influences earlier positions of a causal model.

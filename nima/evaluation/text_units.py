@@ -26,10 +26,20 @@ def _as_int_list(ids: Any) -> list[int]:
 
 
 def count_text_units(tokenizer: Any, ids: Sequence[int], chunk_tokens: int = 65_536) -> tuple[int, int]:
-    """Return ``(utf8_bytes, characters)`` of the text that ``ids`` decode to, in bounded memory."""
+    """Return ``(utf8_bytes, characters)`` of the text that ``ids`` decode to, in bounded memory.
+
+    The end-of-text token counts as 0 bytes and 0 characters: it marks a boundary between
+    documents rather than standing for text (its printed form ``<|endoftext|>`` is not in the corpus).
+    """
     table = getattr(tokenizer, "token_bytes", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
     if table is not None:
+        table = list(table)
+        if eos is not None and 0 <= eos < len(table):
+            table[eos] = b""
         return _count_with_byte_table(table, ids, chunk_tokens)
+    if eos is not None:
+        ids = [i for i in _as_int_list(ids) if i != eos]
     return _count_by_decoding(tokenizer, ids, chunk_tokens)
 
 

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) written by training")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--prompt", help="text to continue (default: start a fresh document)")
+    source.add_argument(
+        "--prompt", help="text to continue (default: a fresh document, from end-of-text or a newline)"
+    )
     source.add_argument("--prompt_file", type=Path, help="read the prompt from this UTF-8 file")
     source.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
     p.add_argument(

@@ -37,14 +37,19 @@ class SamplingSettings:
 
 
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of ``prompt``. An empty prompt starts from the end-of-text token where the tokenizer
-    has one (a fresh document); a character the tokenizer cannot encode is a DataError naming it."""
+    """Token ids of ``prompt``. An empty prompt starts a fresh document: from the end-of-text token
+    where the tokenizer has one, else from a newline; a character the tokenizer cannot encode is a
+    DataError naming it."""
     if prompt:
         ids = _encode_or_name_the_character(tokenizer, prompt)
         if ids:
             return ids
     if tokenizer.eos_token_id is not None:
         return [tokenizer.eos_token_id]
+    try:
+        return tokenizer.encode("\n")
+    except DataError:
+        pass
     raise ConfigError(
         "the prompt is empty and this tokenizer has no end-of-text token to start from; "
         "pass --prompt TEXT (for example --prompt 'ROMEO:')"
