@@ -155,3 +155,10 @@ def test_script_bad_input_has_no_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     _assert_one_line_error(2, result.stderr, "nope.txt")
+
+
+def test_unwritable_data_dir_is_a_one_line_error(bad_inputs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the data folder should be")
+    code, _, err = _cli(capsys, "--dataset", str(bad_inputs["small"]), "--data_dir", str(blocker))
+    _assert_one_line_error(code, err, "cannot write prepared data", "--data_dir")

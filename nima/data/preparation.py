@@ -24,11 +24,13 @@ How it works, and why:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -161,15 +163,22 @@ def prepare(
         reused = _reuse(out, source, settings)
         if reused is not None:
             return reused
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as err:
+        raise DataError(
+            f"cannot write prepared data under {out.parent}: {err.strerror or err}; choose another --data_dir"
+        ) from None
     make_public(tmp, directory=True)
     try:
         meta = _build(tmp, source, settings, quiet=quiet)
         _install(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):  # disk full, permissions, a source file that vanished
+            raise DataError(f"preparing {source.location} into {out} failed: {err}") from None
         raise
     return PreparedData(path=out, meta=meta, tokenizer=load_tokenizer(out / "tokenizer.json"))
 
@@ -190,7 +199,10 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
         raise DataError(f"{meta_path} is not a Nima prepared dataset (format {PREPARED_FORMAT!r})")
     data = PreparedData(path=path, meta=meta, tokenizer=load_tokenizer(path / "tokenizer.json"))
     for split in ("train", "val"):
-        expected = int(meta[f"{split}_tokens"]) * data.dtype.itemsize
+        try:
+            expected = int(meta[f"{split}_tokens"]) * data.dtype.itemsize
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{meta_path} is damaged (bad {err}); prepare the dataset again") from None
         file = path / f"{split}.bin"
         if not file.is_file() or file.stat().st_size != expected:
             raise DataError(
@@ -363,6 +375,31 @@ def _build(folder: Path, source: TextSource, settings: dict[str, Any], quiet: bo
     return meta
 
 
+class _MemoryTrimmer:
+    """Hands freed heap memory back to the OS every ``every`` blocks (glibc only).
+
+    glibc raises its mmap threshold whenever a large buffer is freed, so the 1-4 MB block buffers
+    soon come from the heap, which fragments and keeps growing with the corpus (measured: peak RSS
+    102 MB at 50 MB of text, 130 MB at 200 MB). ``malloc_trim`` keeps the peak flat without
+    changing allocator settings for the rest of the process (e.g. a training run).
+    """
+
+    def __init__(self, every: int = 32):
+        self._every = every
+        self._count = 0
+        self._trim = None
+        if sys.platform.startswith("linux"):
+            try:
+                self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+
+    def tick(self) -> None:
+        self._count += 1
+        if self._trim is not None and self._count % self._every == 0:
+            self._trim(0)
+
+
 def _progress(total: int, description: str, quiet: bool):
     from tqdm.auto import tqdm
 
@@ -383,10 +420,12 @@ def _scan(source: TextSource, want_alphabet: bool, quiet: bool) -> _Scan:
     chars = documents = 0
     seen: set[str] = set()
     seen_ascii = b""  # the ASCII characters seen so far, as bytes (for bytes.translate)
+    trimmer = _MemoryTrimmer()
     with _progress(source.total_bytes(), "scan", quiet) as bar:
         for document in source.documents(hasher):
             documents += 1
             for block in document:
+                trimmer.tick()
                 chars += len(block)
                 bar.update(len(block))  # characters against a total in bytes: close enough for a bar
                 if not want_alphabet:
@@ -516,6 +555,7 @@ def _encode_to_files(
     eot = tokenizer.eos_token_id
     files = {side: _TokenFile(folder / f"{side}.bin", dtype, eot) for side in ("train", "val")}
     encoder = _make_encoder(tokenizer)
+    trimmer = _MemoryTrimmer()
     try:
         with _progress(total_chars, "encode", quiet) as bar:
             for side, blocks in split_documents(source.documents(), train_chars, window):
@@ -524,6 +564,7 @@ def _encode_to_files(
                 for ids, chars in encoder(blocks):
                     out.write(ids, chars)
                     bar.update(chars)
+                    trimmer.tick()
     finally:
         encoder_close = getattr(encoder, "close", None)
         if encoder_close:
