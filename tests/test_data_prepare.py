@@ -83,6 +83,7 @@ def test_reuse_and_reprepare_on_change(tmp_path: Path) -> None:
     created = first.meta["created"], (first.path / "train.bin").stat().st_ino
     again = prepare(corpus, "char", data_dir=data_dir)
     assert (again.meta["created"], (again.path / "train.bin").stat().st_ino) == created
+    assert again.reused and not first.reused
 
     # Touched but unchanged: still reused (checked by sha256).
     os.utime(corpus, ns=(1, 1))

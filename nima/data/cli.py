@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         force=args.force,
     )
     meta = data.meta
+    verb = "already prepared" if data.reused else "prepared"
     print(
-        f"prepared {meta['dataset']} with the {data.tokenizer.kind} tokenizer "
+        f"{verb} {meta['dataset']} with the {data.tokenizer.kind} tokenizer "
         f"(vocab_size {data.tokenizer.vocab_size}, {data.dtype.name}) in {data.path}"
     )
     print(f"  train.bin: {data.train_tokens:,} tokens   val.bin: {data.val_tokens:,} tokens")

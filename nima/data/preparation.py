@@ -84,6 +84,8 @@ class PreparedData:
     path: Path
     meta: dict[str, Any]
     tokenizer: Tokenizer
+    reused: bool = False
+    """True when :func:`prepare` found a matching earlier result instead of preparing anew."""
 
     @property
     def train_path(self) -> Path:
@@ -162,6 +164,7 @@ def prepare(
     if not force:
         reused = _reuse(out, source, settings)
         if reused is not None:
+            reused.reused = True
             return reused
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
