@@ -347,3 +347,15 @@ def test_prune_and_clean_names(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "step_15.pt", "step_20.pt"]
     cleaned = clean_state_dict({"module._orig_mod.a.weight": 1, "_orig_mod.b": 2, "c": 3})
     assert cleaned == {"a.weight": 1, "b": 2, "c": 3}
+
+
+def test_tensorboard_logger_without_the_package_is_a_clear_error() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        from nima.training import TensorBoardLogger
+
+        with pytest.raises(ConfigError, match="pip install"):
+            TensorBoardLogger("unused")
+    else:
+        pytest.skip("tensorboard is installed here")

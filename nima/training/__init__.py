@@ -6,7 +6,13 @@
 ``EarlyStopping``, ``MetricsTracker`` and ``ProgressPrinter``.
 """
 
-from nima.training.callbacks import Callback, EarlyStopping, MetricsTracker, ProgressPrinter
+from nima.training.callbacks import (
+    Callback,
+    EarlyStopping,
+    MetricsTracker,
+    ProgressPrinter,
+    TensorBoardLogger,
+)
 from nima.training.checkpoint import load_checkpoint_file, load_model_from_checkpoint
 from nima.training.config import TrainingConfig
 from nima.training.optimizers import AdamWScale, get_optimizer, parameter_groups
@@ -21,6 +27,7 @@ __all__ = [
     "MetricsTracker",
     "PrecisionChoice",
     "ProgressPrinter",
+    "TensorBoardLogger",
     "Trainer",
     "TrainingConfig",
     "choose_precision",

@@ -155,7 +155,7 @@ def _format_value(name: str, value: Any) -> str:
         return f"{name} {value}"
     if name in ("lr", "learning_rate"):
         return f"{name} {value:.2e}"
-    if "tok" in name and "/s" in name or name.startswith("tokens_per_s"):
+    if name in ("tokens_per_s", "tok/s"):
         return f"tok/s {value / 1000:.1f}k" if value >= 1000 else f"tok/s {value:.0f}"
     if isinstance(value, int):
         return f"{name} {value}"
@@ -267,3 +267,32 @@ class ProgressPrinter(Callback):
 
     def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
         self.close()
+
+
+class TensorBoardLogger(Callback):
+    """Write logged metrics to TensorBoard (needs the optional ``tensorboard`` package).
+
+    ``Trainer(..., callbacks=[TensorBoardLogger("experiments/tb")])``; the Trainer itself never
+    imports TensorBoard.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "TensorBoardLogger needs the tensorboard package: pip install 'nima[tensorboard]'"
+            ) from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def _write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        for name, value in metrics.items():
+            value = _number(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(name, value, step)
+
+    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self._write(trainer.step, metrics)
+
+    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
+        self.writer.close()
