@@ -84,6 +84,14 @@ def test_sequence_longer_than_max_seq_len_is_a_clear_error():
     assert isinstance(info.value, NimaError)
 
 
+def test_wrong_input_shapes_are_clear_errors():
+    model = GPT(tiny())
+    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, seq_len\), got \(5,\)"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels shape \(2, 4\) differs from input_ids shape \(2, 5\)"):
+        model(torch.zeros(2, 5, dtype=torch.long), labels=torch.zeros(2, 4, dtype=torch.long))
+
+
 def test_grouped_query_attention_shapes():
     model = GPT(tiny(arch="llama", n_heads=4, n_kv_heads=1))
     attn = model.blocks[0].attn

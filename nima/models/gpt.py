@@ -113,6 +113,8 @@ class GPT(nn.Module):
         With ``kv_cache``, ``input_ids`` are the positions after the cached ones, and the cache is
         extended by them.
         """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
         start = 0 if kv_cache is None else kv_cache.length
         if start + T > self.config.max_seq_len:
@@ -159,6 +161,11 @@ class GPT(nn.Module):
                 holding the full (B, T, vocab_size) logits, recomputing each chunk in the backward
                 pass; ``logits`` is then None. Saves memory for large vocabularies.
         """
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels shape {tuple(labels.shape)} differs from input_ids shape {tuple(input_ids.shape)}; "
+                "labels are the already-shifted next tokens, one per input position"
+            )
         h = self.hidden_states(input_ids)
         if labels is not None and not return_logits:
             return ModelOutput(logits=None, loss=chunked_cross_entropy(h, self.lm_head.weight, labels))
