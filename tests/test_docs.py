@@ -225,13 +225,15 @@ def apply_tables(doc: str, steps: list[Step]) -> list[Step]:
 
 
 DRIVER = r"""
-import json, subprocess, sys, traceback
+import json, subprocess, sys, time, traceback
 steps = json.load(open(sys.argv[1], encoding="utf-8"))
+started = time.perf_counter()
 doc = sys.argv[2]
 namespace = {"__name__": "__main__"}
 for i, step in enumerate(steps):
     where = f"{doc}:{step['line']}"
-    print(f"\n===== [{i + 1}/{len(steps)}] {step['kind']} at {where}", flush=True)
+    elapsed = time.perf_counter() - started
+    print(f"\n===== [{i + 1}/{len(steps)}] {step['kind']} at {where} (t={elapsed:.1f}s)", flush=True)
     print(step["code"].rstrip() + "\n-----", flush=True)
     if step["kind"] == "shell":
         rc = subprocess.call(step["code"], shell=True, stdin=subprocess.DEVNULL, executable="/bin/bash")
@@ -280,6 +282,8 @@ def run_document(path: Path, tmp_path: Path) -> str:
         timeout=900,
     )
     output = proc.stdout
+    if os.environ.get("NIMA_DOCS_TRANSCRIPTS"):
+        Path(os.environ["NIMA_DOCS_TRANSCRIPTS"], f"{path.stem}.log").write_text(output, encoding="utf-8")
     assert proc.returncode == 0 and "DOCS-TEST OK" in output, output[-6000:]
     for expected in EXPECTED_OUTPUT.get(path.name, []):
         assert expected in output, f"{path.name}: expected output {expected!r} missing\n{output[-3000:]}"
