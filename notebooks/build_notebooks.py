@@ -44,7 +44,7 @@ TRAINING_BASICS = [
 
 The whole workflow on tiny Shakespeare with a small character-level model: prepare the data, build
 a model, train it with the `Trainer`, evaluate it and generate text — then load the saved checkpoint
-the way `nima generate` does. Tiny sizes: about 20 seconds on a laptop CPU. For real results, train
+the way `nima generate` does. Tiny sizes: well under a minute on a laptop CPU. For real results, train
 longer (`max_steps`) and wider (`d_model`, `n_layers`): see `docs/training.md`.
 """),
     code(SETUP),
@@ -133,7 +133,7 @@ ADVANCED_TRAINING = [
 # Advanced training
 
 Gradient accumulation, learning-rate schedules, precision choice, early stopping, callbacks,
-exact resume from a checkpoint, and the `llama` architecture — each at tiny size (about 30 seconds
+exact resume from a checkpoint, and the `llama` architecture — each at tiny size (well under a minute
 on a CPU in all).
 """),
     code(SETUP),
@@ -272,7 +272,7 @@ HYPERPARAMETER_TUNING = [
 
 A small, honest sweep: train the same tiny model with several learning rates and widths for the
 same number of steps, score every run on the same validation tokens with `evaluate_model`, and
-pick the best. At tiny sizes this takes about 30 seconds on a CPU; the method is the same for real
+pick the best. At tiny sizes this takes well under a minute on a CPU; the method is the same for real
 runs (longer, and with more than one seed per setting).
 """),
     code(SETUP),

@@ -161,4 +161,6 @@ def main(argv: list[str]) -> int:
             generate_samples(loaded, line, settings, args.num_samples)
         except NimaError as err:  # a bad prompt should not end the session
             print(f"error: {err}", file=sys.stderr)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer; Ctrl-C at the prompt (or Ctrl-D) ends
+            print("\n[stopped]", file=sys.stderr)
     return 0
