@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 
 import pytest
+import torch
 
 from nima.errors import ConfigError, NimaError
 from nima.models import PRESETS, ModelConfig, create_gpt_small, create_gpt_tiny, create_model, preset_config
@@ -124,10 +125,24 @@ def test_arch_typo_suggests_family():
         ModelConfig(arch="gtp2")
 
 
+@pytest.mark.slow
+def test_small_preset_is_gpt2_small():
+    with torch.device("meta"):  # shapes only: no memory, no initialisation time
+        small = create_gpt_small(vocab_size=50257)
+    assert round(small.num_parameters() / 1e6, 1) == 124.4
+
+
+@pytest.mark.parametrize(
+    "name, millions", [("tiny", 7.26), ("small", 124.44), ("medium", 354.82), ("large", 774.03)]
+)
+def test_preset_sizes_match_the_documented_counts(name, millions):
+    c = PRESETS[name]  # gpt2 family, tied: the formula is checked against real models in test_models_gpt
+    L, d, V, T = c.n_layers, c.d_model, c.vocab_size, c.max_seq_len
+    assert round((L * (12 * d * d + 13 * d) + 2 * d + (V + T) * d) / 1e6, 2) == millions
+
+
 def test_presets_and_constructors():
     assert set(PRESETS) == {"tiny", "small", "medium", "large"}
-    small = create_gpt_small(vocab_size=50257)
-    assert round(small.num_parameters() / 1e6, 1) == 124.4  # GPT-2 small
     tiny = create_gpt_tiny(vocab_size=65, d_model=64, n_heads=2)
     assert tiny.config.ff_dim == 256 and tiny.config.vocab_size == 65
     assert preset_config("small", vocab_size=65, arch="llama").use_bias is False
