@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from nima.errors import DataError, NimaError
@@ -114,14 +115,12 @@ def generate_samples(loaded: LoadedModel, prompt: str, settings: SamplingSetting
     """Print ``num_samples`` continuations of ``prompt`` as they are produced; returns tokens made."""
     total_tokens = 0
     counts: dict[str, int] = {}
-    encode_prompt(
-        loaded.tokenizer, prompt
-    )  # a character the tokenizer lacks fails before anything is printed
+    # A character the tokenizer lacks fails here, before anything is printed.
+    encode_prompt(loaded.tokenizer, prompt)
     for i in range(num_samples):
         if num_samples > 1:
-            _write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num_samples} ---\n")
-        seed = None if settings.seed is None else settings.seed + i
-        sample = SamplingSettings(**{**settings.__dict__, "seed": seed})
+            _write(("\n" if i else "") + f"--- sample {i + 1}/{num_samples} ---\n")
+        sample = replace(settings, seed=None if settings.seed is None else settings.seed + i)
         _write(prompt)
         start = time.perf_counter()
         for piece in stream_text(loaded.model, loaded.tokenizer, prompt, sample, counts):
