@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from nima.errors import ConfigError, DataError
 from nima.evaluation import EvalResult, evaluate_model, evaluate_tokens, plan_windows
 from nima.evaluation.text_units import count_text_units
+from nima.evaluation.windows import count_windows
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20
 
@@ -94,6 +95,7 @@ def test_windows_score_every_target_exactly_once(n, context, data):
         assert w.end + 1 - w.score_from == w.n_scored
         scored.extend(range(w.score_from, w.end + 1))
     assert scored == list(range(1, n))
+    assert count_windows(n, context, stride) == len(list(plan_windows(n, context, stride)))
 
 
 def test_max_tokens_caps_the_scored_tokens():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nima.errors import DataError
 from nima.evaluation.evaluate import evaluate_tokens
@@ -55,7 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="autocast precision; auto: bf16 on GPUs that support it, else fp32 (default auto)",
+    )
     return p
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16_gpu else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _read_text(path: Path) -> str:
@@ -124,6 +138,8 @@ def main(argv: list[str]) -> int:
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         device=loaded.device,
+        autocast_dtype=_autocast_dtype(args.precision, loaded.device),
+        progress=not args.json,
     )
     seconds = time.perf_counter() - start
     report = {

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from nima.errors import ConfigError, DataError
 from nima.evaluation.metrics import EvalResult
 from nima.evaluation.text_units import count_text_units
-from nima.evaluation.windows import plan_windows
+from nima.evaluation.windows import count_windows, plan_windows
 
 IGNORE_INDEX = -100
 
@@ -187,6 +189,7 @@ def evaluate_tokens(
     batch_size: int = 16,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Score a flat token stream with windows of ``context_length`` tokens (default: the model's
     ``max_seq_len``) whose starts are ``stride`` apart (default: ``context_length``, i.e.
@@ -194,7 +197,8 @@ def evaluate_tokens(
     number of scored tokens (the first ``max_tokens + 1`` tokens of the stream are used).
 
     With a ``tokenizer`` the result also holds bits per byte and per character of the scored text
-    (the decoded stream minus its first token, which is context only).
+    (the decoded stream minus its first token, which is context only). ``progress=True`` shows a
+    progress bar on stderr when it is a terminal.
     """
     context = _context_of(model, context_length)
     stride = context if stride is None else int(stride)
@@ -245,12 +249,21 @@ def evaluate_tokens(
         pending.clear()
 
     with _EvalMode(model), _autocast(device, autocast_dtype):
+        bar = tqdm(
+            total=count_windows(n, context, stride),
+            unit="window",
+            desc="evaluating",
+            disable=not (progress and sys.stderr.isatty()),
+            leave=False,
+        )
         for window in plan_windows(n, context, stride):
             pending.append(window)
             windows += 1
             if len(pending) == batch_size:
                 flush()
+                bar.update(batch_size)
         flush()
+        bar.close()
 
     n_bytes = n_chars = None
     if tokenizer is not None:

@@ -32,6 +32,13 @@ class Window:
         return self.end + 1 - self.score_from
 
 
+def count_windows(n_tokens: int, context: int, stride: int) -> int:
+    """How many windows :func:`plan_windows` yields (for progress bars)."""
+    if n_tokens < 2:
+        return 0
+    return 1 + max(0, -(-(n_tokens - 1 - context) // stride))
+
+
 def plan_windows(n_tokens: int, context: int, stride: int) -> Iterator[Window]:
     """Windows covering every target of an ``n_tokens`` stream exactly once.
 
