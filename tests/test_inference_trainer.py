@@ -109,3 +109,24 @@ def test_a_tokenizer_from_another_preparation_is_refused(run_dir, capsys, sessio
     assert "does not match" in err and err.count("\n") == 1
     code, _, err = cli(capsys, "eval", "--checkpoint", str(ckpt), "--data", str(byte_data.path))
     assert code == 2 and "different tokenizer" in err
+
+
+@pytest.mark.slow
+def test_evaluate_model_agrees_with_the_trainers_validation_loss(run_dir, session_data_dir):
+    from nima.data import DataCollator, TokenWindowDataset, create_dataloader, load_prepared
+    from nima.evaluation import evaluate_model
+    from nima.inference import load_for_inference
+    from nima.training import Trainer, TrainingConfig
+
+    loaded = load_for_inference(run_dir / "checkpoints" / "best_model.pt", device="cpu")
+    data = load_prepared(session_data_dir / "tiny_shakespeare" / "char")
+    val = TokenWindowDataset.from_prepared(data, "val", loaded.model.config.max_seq_len, seed=0)
+    loader = create_dataloader(val, batch_size=8, collate_fn=DataCollator(data.tokenizer), shuffle=False)
+    ours = evaluate_model(loaded.model, loader, max_batches=3, tokenizer=data.tokenizer)
+    config = TrainingConfig(
+        batch_size=8, eval_batches=3, output_dir=str(run_dir / "unused"), progress_bar=False
+    )
+    trainers = Trainer(loaded.model, config, loader, loader).evaluate()
+    assert ours.tokens == 3 * 8 * loaded.model.config.max_seq_len
+    assert ours.loss == pytest.approx(trainers["val_loss"], rel=1e-5)
+    assert ours.bits_per_char == pytest.approx(ours.bits_per_token)
