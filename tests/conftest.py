@@ -7,6 +7,7 @@ the checkout.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -29,7 +30,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def tiny_shakespeare_file() -> Path:
     """The offline copy of tiny Shakespeare (read-only)."""
     if not TINY_SHAKESPEARE.is_file():
-        pytest.fail(f"tiny Shakespeare not found at {TINY_SHAKESPEARE}; set NIMA_SHARED_DIR to the shared folder")
+        pytest.fail(f"tiny Shakespeare not found at {TINY_SHAKESPEARE}; set NIMA_SHARED_DIR to shared/")
     return TINY_SHAKESPEARE
 
 
@@ -52,8 +53,20 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, session_data_dir: Pat
     monkeypatch.setenv("NIMA_DATA_DIR", str(session_data_dir))
     monkeypatch.delenv("NIMA_DATA_MIRROR", raising=False)
 
-    def _no_network(*args, **kwargs):
-        raise OSError("network access is disabled in tests")
+    real_connect = socket.socket.connect
 
-    monkeypatch.setattr(socket.socket, "connect", _no_network)
-    monkeypatch.setattr(socket, "create_connection", _no_network)
+    def _local_only_connect(sock: socket.socket, address, *args, **kwargs):
+        # Local sockets stay usable: DataLoader workers (AF_UNIX) and torch.distributed (loopback).
+        if sock.family == socket.AF_UNIX or _is_loopback(address):
+            return real_connect(sock, address, *args, **kwargs)
+        raise OSError(f"network access is disabled in tests (tried to connect to {address!r})")
+
+    monkeypatch.setattr(socket.socket, "connect", _local_only_connect)
+
+
+def _is_loopback(address) -> bool:
+    host = address[0] if isinstance(address, tuple) else address
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
