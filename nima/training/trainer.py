@@ -362,7 +362,9 @@ class Trainer:
                 self._call("on_evaluate", self, val)
                 self._overhead_s += time.perf_counter() - t0
             if last_saved_step != self.step and self.step > start_step:
+                t0 = time.perf_counter()
                 last_checkpoint = self.save_checkpoint(f"step_{self.step}")
+                self._overhead_s += time.perf_counter() - t0
         finally:
             wall = time.perf_counter() - wall_start
         tokens = self.tokens_seen - start_tokens
