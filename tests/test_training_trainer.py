@@ -312,6 +312,8 @@ def test_empty_loader_and_bad_config(prepared, tmp_path: Path) -> None:
         Trainer(tiny_model(prepared), {"max_steps": 3}, [])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="no batches"):
         Trainer(tiny_model(prepared), config(tmp_path, max_steps=3), []).train()
+    with pytest.raises(ConfigError, match="no batches"):
+        Trainer(tiny_model(prepared), config(tmp_path, max_steps=3), iter([])).train()
 
 
 def test_gradient_checkpointing_flag(prepared, tmp_path: Path) -> None:

@@ -132,6 +132,11 @@ class Trainer:
         self.model = wrap_model(model_to_run, self.dist, self.device)
 
         self.batches_per_epoch = self._loader_length()
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                "the train loader yields no batches; is the dataset smaller than one batch "
+                "(check max_length, batch_size and drop_last)?"
+            )
         accum = config.gradient_accumulation_steps
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum) if self.batches_per_epoch else None
         if config.max_steps is not None:
@@ -339,7 +344,11 @@ class Trainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                     self._iter = None
-                if not window:
+                if not window:  # an iterable loader ran out exactly at a step boundary
+                    if epoch_done:
+                        last_checkpoint = self._end_epoch(train_loss) or last_checkpoint
+                        if cfg.max_steps is None and self.epoch >= cfg.num_epochs:
+                            break
                     continue
                 record = self._after_step()
                 if record is not None:
@@ -365,6 +374,12 @@ class Trainer:
                 t0 = time.perf_counter()
                 last_checkpoint = self.save_checkpoint(f"step_{self.step}")
                 self._overhead_s += time.perf_counter() - t0
+        except KeyboardInterrupt:
+            # Keep the work done so far: the last completed step can be resumed with --checkpoint.
+            if self.step > start_step and self.is_main:
+                path = self.save_checkpoint(f"step_{self.step}")
+                self._say(f"interrupted at step {self.step}; saved {path} (resume with --checkpoint {path})")
+            raise
         finally:
             wall = time.perf_counter() - wall_start
         tokens = self.tokens_seen - start_tokens
