@@ -85,15 +85,30 @@ def main() -> None:
         (data_dir / "tiny_shakespeare" / "input.txt").symlink_to(text)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         for i in range(args.repeats):
-            ref = subprocess.run([sys.executable, str(REFERENCE), "--steps", str(args.steps), "--text", str(text)],
-                                 capture_output=True, text=True, check=True, env=env)
-            nima = subprocess.run([sys.executable, "-c", NIMA_RUN, str(args.steps), f"{tmp}/run{i}", str(data_dir)],
-                                  capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+            ref = subprocess.run(
+                [sys.executable, str(REFERENCE), "--steps", str(args.steps), "--text", str(text)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
+            nima = subprocess.run(
+                [sys.executable, "-c", NIMA_RUN, str(args.steps), f"{tmp}/run{i}", str(data_dir)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+                cwd=ROOT,
+            )
             r, n = last_json(ref.stdout)["tokens_per_s"], last_json(nima.stdout)["tokens_per_s"]
             ratios.append(n / r)
-            print(f"run {i + 1}: reference {r:,.0f} tok/s, nima {n:,.0f} tok/s, ratio {n / r:.3f}", flush=True)
-    print(f"nima/reference tokens/s: median {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} runs)")
+            print(
+                f"run {i + 1}: reference {r:,.0f} tok/s, nima {n:,.0f} tok/s, ratio {n / r:.3f}", flush=True
+            )
+    print(
+        f"nima/reference tokens/s: median {statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} runs)"
+    )
 
 
 if __name__ == "__main__":
