@@ -182,3 +182,26 @@ def test_quick_test_falls_back_to_the_stdlib_corpus(
     assert "sample:" in out
     assert (tmp_path / "data" / "python_stdlib" / "char" / "train.bin").is_file()
     assert (tmp_path / "out" / "checkpoints" / "step_3.pt").is_file()
+
+
+@pytest.mark.slow
+def test_bpe_vocabulary_is_trained_to_model_vocab_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            "--config",
+            str(ROOT / "configs" / "cpu_quick.yaml"),
+            "--data.tokenizer=bpe",
+            "--model.vocab_size=300",
+            "--training.max_steps=2",
+            f"--training.output_dir={tmp_path}",
+            *TINY,
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "bpe tokenizer, vocab 300" in out
+    assert "warning: model.vocab_size" not in out
+    ckpt = torch.load(tmp_path / "checkpoints" / "step_2.pt", map_location="cpu", weights_only=True)
+    assert ckpt["tokenizer"]["kind"] == "bpe" and ckpt["model_config"]["vocab_size"] == 300
