@@ -84,7 +84,7 @@ def test_sliding_window_gives_more_context_than_non_overlapping():
 
 
 @given(n=st.integers(2, 200), context=st.integers(1, 24), data=st.data())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 def test_windows_score_every_target_exactly_once(n, context, data):
     stride = data.draw(st.integers(1, context))
     scored = []
@@ -180,7 +180,7 @@ def test_too_little_data_and_unknown_characters_are_clear_errors():
 
 
 @given(st.text(min_size=1, max_size=60), st.integers(1, 7))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 def test_byte_counts_are_exact_across_chunk_edges(text, chunk):
     tok = ByteTok()
     ids = tok.encode(text)
