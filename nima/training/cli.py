@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 import sysconfig
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
         "",
     ]
     for section, names in keys.items():
-        lines.append(f"  {section}: " + ", ".join(names))
+        lines += textwrap.wrap(
+            ", ".join(names),
+            width=100,
+            initial_indent=f"  {section}: ",
+            subsequent_indent=" " * (len(section) + 4),
+        )
+    lines += [
+        "",
+        "aliases: training.save_steps = training.save_every, training.eval_steps = training.eval_every",
+    ]
     parser = _ArgumentParser(
         prog="nima train",
         description="Train a GPT-style model. Data named in the config (data.dataset, data.tokenizer) is "
