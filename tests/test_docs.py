@@ -89,7 +89,7 @@ SUBSTITUTIONS: list[Sub] = [
     Sub(
         "training-guide.md",
         "    num_epochs=10,\n",
-        "    num_epochs=10, max_steps=4, eval_batches=2,\n",
+        "    num_epochs=10, max_steps=4, eval_batches=2, batch_size=4,\n",
         "10 epochs of tiny Shakespeare: hours; 4 steps show the loop works",
     ),
     # --- our own docs: their commands use real sizes too ---
