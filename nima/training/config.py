@@ -88,8 +88,8 @@ class TrainingConfig:
     """Save checkpoints/step_N.pt every N steps (0: only at the end)."""
     save_epoch_checkpoints: bool = True
     """Save checkpoints/epoch_N.pt at the end of each epoch."""
-    keep_last_checkpoints: int | None = 5
-    """Keep only the newest K step_N.pt (and epoch_N.pt) files; null keeps all."""
+    keep_last_checkpoints: int | None = None
+    """Keep only the newest K step_N.pt (and epoch_N.pt) files; null (default) keeps all."""
     output_dir: str = "experiments"
     """Where checkpoints/ and logs/ go."""
     early_stopping_patience: int | None = None
