@@ -1,0 +1,139 @@
+"""Child process of ``compare_reference.py``: Nima's Trainer at exactly the reference's shape.
+
+The model, batch, precision and optimizer settings are those of ``reference_gpt.py`` (4 layers,
+4 heads, d_model 128, d_ff 512, context 64, batch 12, gpt2 family with biases and tied
+embeddings, fp32, AdamW lr 1e-3 with betas (0.9, 0.99), weight decay 0.1, warmup 100 and cosine
+to 1e-4, clipping at 1.0). Everything else stays at ``TrainingConfig``'s defaults, so logging,
+the progress display, periodic evaluation and checkpoints all run at their default frequency.
+
+Tokens/s is steady state: wall time from the end of step ``warmup`` (20, like the reference's
+untimed warm-up) to the end of ``trainer.train()``; evaluation and checkpoint time are INCLUDED
+(unlike the Trainer's own ``train_tokens_per_s``, which leaves them out). Prints one JSON line.
+
+    python benchmarks/_nima_throughput.py --steps 1000 --data_dir /tmp/nima-bench-data --output_dir /tmp/out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# The reference recipe, as Nima config sections (shape, batch and optimizer settings).
+REFERENCE_SHAPE: dict[str, dict[str, Any]] = {
+    "model": {
+        "arch": "gpt2",
+        "vocab_size": 65,
+        "d_model": 128,
+        "n_heads": 4,
+        "n_layers": 4,
+        "d_ff": 512,
+        "max_seq_len": 64,
+        "dropout": 0.0,
+        "bias": True,
+        "tie_embeddings": True,
+    },
+    "training": {
+        "batch_size": 12,
+        "learning_rate": 1e-3,
+        "min_lr": 1e-4,
+        "warmup_steps": 100,
+        "lr_scheduler_type": "cosine",
+        "weight_decay": 0.1,
+        "betas": [0.9, 0.99],
+        "gradient_clip": 1.0,
+        "precision": "fp32",
+        "device": "cpu",
+    },
+    "data": {"dataset": "tiny_shakespeare", "tokenizer": "char"},
+}
+
+
+class SteadyStateTimer:
+    """Callback: start the clock after step ``warmup``'s logging, stop it when training ends."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start: float | None = None
+        self.start_step = 0
+        self.eval_s = 0.0
+        self.evals = 0
+        self.saves = 0
+        self.end: float | None = None
+
+    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        if self.start is None and trainer.step >= self.warmup:
+            self.start, self.start_step = time.perf_counter(), trainer.step
+
+    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self.evals += 1
+
+    def on_save(self, trainer: Any, path: Path) -> None:
+        self.saves += 1
+
+    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
+        self.end = time.perf_counter()
+
+
+def run(steps: int, warmup: int, data_dir: str, output_dir: str, overrides: list[str]) -> dict[str, Any]:
+    """Train ``steps`` steps at the reference shape; returns the steady-state figures."""
+    from nima.config import RunConfig
+    from nima.models import create_model
+    from nima.training.cli import build_loaders, fit_vocab_size, prepare_data
+    from nima.training.trainer import Trainer
+
+    raw = {section: dict(values) for section, values in REFERENCE_SHAPE.items()}
+    raw["training"].update(max_steps=steps, output_dir=output_dir)
+    raw["data"]["data_dir"] = data_dir
+    run_config = RunConfig.from_dict(raw, source="reference shape", overrides=overrides)
+    prepared = prepare_data(run_config, allow_fallback=False)
+    run_config = fit_vocab_size(run_config, prepared.tokenizer)
+    train_loader, val_loader = build_loaders(run_config, prepared, rank=0, world_size=1)
+    import torch
+
+    torch.manual_seed(run_config.training.seed)
+    model = create_model(run_config.model)
+    timer = SteadyStateTimer(warmup)
+    trainer = Trainer(
+        model, run_config.training, train_loader, val_loader, tokenizer=prepared.tokenizer, callbacks=[timer]
+    )
+    results = trainer.train()
+    if timer.start is None or timer.end is None:
+        raise SystemExit(f"--steps {steps} is too short for a warm-up of {warmup} steps")
+    timed_steps = results["steps"] - timer.start_step
+    tokens = timed_steps * trainer.batch_size * trainer.seq_len
+    wall = timer.end - timer.start
+    return {
+        "tokens_per_s": tokens / wall,
+        "timed_steps": timed_steps,
+        "timed_s": wall,
+        "train_tokens_per_s": results["train_tokens_per_s"],
+        "evals": timer.evals,
+        "saves": timer.saves,
+        "val_loss": results["final_val_loss"],
+        "precision": results["precision"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps (a multiple of log_every)")
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--output_dir", required=True)
+    args, overrides = parser.parse_known_args(argv)
+    figures = run(args.steps, args.warmup, args.data_dir, args.output_dir, overrides)
+    print(json.dumps(figures), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Smoke tests of the speed benchmarks' code paths (tiny runs; the figures themselves are not tested)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH = REPO_ROOT / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_shape_throughput_run_includes_eval_and_checkpoints(session_data_dir, tmp_path):
+    child = _load("_nima_throughput")
+    figures = child.run(
+        steps=30,
+        warmup=20,
+        data_dir=str(session_data_dir),
+        output_dir=str(tmp_path / "out"),
+        overrides=["--training.eval_every=25", "--training.eval_batches=2", "--training.save_every=30"],
+    )
+    assert figures["timed_steps"] == 10
+    assert figures["tokens_per_s"] > 0
+    assert figures["precision"] == "fp32"
+    assert figures["evals"] == 2  # step 25 and the final one at 30 (both inside the timed window)
+    assert figures["saves"] >= 2  # step_30.pt plus best_model.pt at least
+    assert (tmp_path / "out" / "checkpoints" / "step_30.pt").is_file()
+    assert figures["timed_s"] > 0 and figures["val_loss"] is not None
+
+
+def test_reference_shape_is_the_reference_recipe():
+    shape = _load("_nima_throughput").REFERENCE_SHAPE
+    model, training = shape["model"], shape["training"]
+    assert (model["n_layers"], model["n_heads"], model["d_model"], model["d_ff"], model["max_seq_len"]) == (
+        4,
+        4,
+        128,
+        512,
+        64,
+    )
+    assert model["arch"] == "gpt2" and model["bias"] and model["tie_embeddings"]
+    assert training["batch_size"] == 12 and training["learning_rate"] == 1e-3
+    assert training["precision"] == "fp32"
+    # Everything that makes the Trainer do extra work stays at its default.
+    for key in ("eval_every", "eval_batches", "log_every", "save_every", "progress_bar"):
+        assert key not in training
+
+
+def test_summary_is_median_with_range():
+    compare = _load("compare_reference")
+    s = compare.summary([1.2, 0.9, 1.0])
+    assert s == {"median": 1.0, "min": 0.9, "max": 1.2, "n": 3}
+    assert compare.fmt(s).startswith("1.000x (min 0.900, max 1.200, 3 pairs)")
+
+
+def test_parse_train_summary_line():
+    compare = _load("compare_reference")
+    out = (
+        "step 10/10 | loss 3\n"
+        "done: 1000 steps, 768,000 tokens in 40.0s (25,000 tok/s training); val loss 1.9\n"
+    )
+    parsed = compare.parse_train_summary(out)
+    assert parsed == {"steps": 1000, "tokens": 768000, "wall_s": 40.0, "train_tokens_per_s": 25000.0}
+    assert compare.overhead_share(parsed) == pytest.approx(1 - 768000 / 25000 / 40.0)
+
+
+def test_gpu_benchmark_tiny_on_cpu():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "gpu.py"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--steps",
+            "10",
+            "--warmup",
+            "10",
+            "--peak_flops",
+            "1e11",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["timed_steps"] == 10 and result["tokens_per_s"] > 0
+    assert 0 < result["mfu"] < 1
+    assert result["trainer_logged_mfu"] is not None  # the Trainer's own MFU metric is logged
+
+
+def test_sample_efficiency_curve_points(session_data_dir, tmp_path):
+    sample = _load("sample_efficiency")
+    result = sample.curve(
+        "configs/cpu_quick.yaml",
+        [
+            "--model.n_layers=1",
+            "--model.d_model=32",
+            "--model.n_heads=2",
+            "--model.d_ff=64",
+            "--training.max_steps=4",
+            "--training.batch_size=4",
+        ],
+        eval_every=2,
+        data_dir=str(session_data_dir),
+        output_dir=str(tmp_path / "out"),
+        threads=1,
+    )
+    assert [p["step"] for p in result["points"]] == [2, 4]
+    assert result["points"][1]["tokens"] == 4 * 4 * 64
+    # Full-split evaluation: as many windows as the validation split has, not eval_batches of them.
+    assert all(p["val_loss"] > 0 for p in result["points"])
+
+
+@pytest.mark.slow
+def test_compare_reference_quick_end_to_end(tiny_shakespeare_file, tmp_path):
+    compare = _load("compare_reference")
+    try:
+        reference = compare.find_reference(None)
+    except SystemExit:
+        pytest.skip("reference_gpt.py is not next to this checkout")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "compare_reference.py"),
+            "--quick",
+            "--check_precision",
+            "--reference",
+            str(reference),
+            "--text",
+            str(tiny_shakespeare_file),
+            "--work_dir",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT throughput ") and "time-to-loss " in last
+    assert "full-split val loss" in last
