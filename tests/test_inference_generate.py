@@ -188,6 +188,8 @@ def test_num_samples_and_prompt_file(checkpoint, tmp_path, capsys):
     assert code == 2 and "prompt file not found" in err
     code, _, err = run_cli(capsys, "generate", "--checkpoint", str(checkpoint), "--num_samples", "0")
     assert code == 2 and "--num_samples" in err
+    code, _, err = run_cli(capsys, "generate", "--checkpoint", str(checkpoint), "--threads", "0")
+    assert code == 2 and "--threads 0" in err
 
 
 def test_interactive_reads_prompts_line_by_line(checkpoint, capsys, monkeypatch):

@@ -18,7 +18,7 @@ import torch
 
 from nima.errors import DataError
 from nima.evaluation.evaluate import evaluate_tokens
-from nima.inference.loading import LoadedModel, load_for_inference
+from nima.inference.loading import LoadedModel, load_for_inference, set_threads
 
 EXAMPLES = """examples:
   nima eval --checkpoint experiments/checkpoints/best_model.pt
@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models)",
+    )
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),
@@ -116,6 +121,7 @@ def _split_tokens(folder: Path, split: str, loaded: LoadedModel) -> np.ndarray:
 def main(argv: list[str]) -> int:
     """Run ``nima eval``; returns the exit code (user errors raise NimaError)."""
     args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     loaded = load_for_inference(
         args.checkpoint, tokenizer=args.tokenizer, device=args.device, data_dir=args.data_dir
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nima.errors import DataError, NimaError
 from nima.inference.generate import SamplingSettings, encode_prompt, stream_text
-from nima.inference.loading import LoadedModel, describe_identity, load_for_inference
+from nima.inference.loading import LoadedModel, describe_identity, load_for_inference, set_threads
 
 EXAMPLES = """examples:
   nima generate --checkpoint experiments/checkpoints/best_model.pt --prompt "ROMEO:" --seed 0
@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models)",
+    )
     return p
 
 
@@ -137,6 +142,7 @@ def generate_samples(loaded: LoadedModel, prompt: str, settings: SamplingSetting
 def main(argv: list[str]) -> int:
     """Run ``nima generate``; returns the exit code (user errors raise NimaError)."""
     args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     settings = _settings(args)
     prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else args.prompt
     loaded = load_for_inference(

@@ -60,6 +60,18 @@ def pick_device(name: str | None = "auto") -> torch.device:
     return device
 
 
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` with a clear error for a bad value (None: leave as is).
+
+    Generating from a small model costs little work per token, so on a busy CPU one thread
+    often beats several that wait on each other."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads {threads} must be at least 1")
+    torch.set_num_threads(threads)
+
+
 def describe_identity(identity: dict[str, Any] | None) -> str:
     """``char tokenizer, vocab 65, sha256 1a2b3c4d5e6f`` (short, for messages)."""
     if not identity:
