@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-_SAFE_CUT = re.compile(r"\S\s")  # a cut goes between the two characters
+# A cut goes between the two characters. The second is ASCII whitespace, which every regex engine
+# agrees on; Python's \s alone would also match U+001C..U+001F, which the pre-tokenizer's engine
+# treats as punctuation (so "!\x1c" is one pre-token and must not be cut).
+_SAFE_CUT = re.compile(r"\S[ \t\n\r\f\v]")
 
 PIECE_CHARS = 1024
 """Target piece length for batch encoding (``tokenizers`` is fastest on ~1 KiB inputs)."""

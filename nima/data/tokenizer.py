@@ -267,7 +267,8 @@ class BPETokenizer(Tokenizer):
     @property
     def token_bytes(self) -> list[bytes]:
         if self._token_bytes is None:
-            alphabet = _byte_level_alphabet()
+            # Each stand-in character -> its byte, as a str.translate table: then latin-1 gives the bytes.
+            to_bytes = {ord(ch): b for ch, b in _byte_level_alphabet().items()}
             special = {t.content for t in self._hf.get_added_tokens_decoder().values()}
             table = []
             for i in range(self.vocab_size):
@@ -275,7 +276,7 @@ class BPETokenizer(Tokenizer):
                 if piece in special:
                     table.append(piece.encode("utf-8"))
                 else:
-                    table.append(bytes(alphabet[ch] for ch in piece))
+                    table.append(piece.translate(to_bytes).encode("latin-1"))
             self._token_bytes = table
         return self._token_bytes
 
