@@ -138,6 +138,8 @@ def test_chunks_are_never_cut_before_a_character_the_regex_calls_punctuation() -
     pieces = list(iter_pieces([text], piece_chars=2, max_chars=10_000))
     assert "".join(pieces) == text
     assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)
+    with pytest.raises(ValueError, match="twice"):  # forced cuts everywhere would change ids
+        list(iter_pieces([text], piece_chars=1000, max_chars=1000))
 
 
 def _corpus(tmp_path: Path, tiny_shakespeare_file: Path) -> Path:
@@ -190,3 +192,25 @@ def test_a_difference_on_the_corpus_falls_back_to_tokenizers(
     assert len(err) == 1 and "encoding again with tokenizers" in err[0]
     assert data.meta["encoder"].startswith("tokenizers (tiktoken disagreed")
     assert np.array_equal(_ids(data), _ids(reference))
+
+
+@pytest.mark.parametrize("kind", ["tokenizers", "tiktoken"])
+def test_stream_encoders_give_the_ids_of_the_whole_text(
+    bpe: BPETokenizer, kind: str, tiny_shakespeare_file: Path, monkeypatch
+) -> None:
+    # Small blocks and units, so that every cut path (block ends, unit ends) is crossed many times.
+    text = tiny_shakespeare_file.read_text(encoding="utf-8")[:20_000] + CODE * 20
+    monkeypatch.setattr(stream_encoders, "HF_UNIT_CHARS", 700)
+    monkeypatch.setattr(stream_encoders, "HF_PIECE_CHARS", 90)
+    monkeypatch.setattr(stream_encoders, "FAST_UNIT_CHARS", 500)
+    if kind == "tiktoken":
+        if not fast_bpe_module.tiktoken_installed():
+            pytest.skip("tiktoken is not installed (optional)")
+        encoder = stream_encoders.FastBPEStreamEncoder(FastBPE(bpe), workers=2)
+    else:
+        encoder = stream_encoders.HFBPEStreamEncoder(bpe)
+    blocks = [text[i : i + 1000] for i in range(0, len(text), 1000)]
+    units = [("doc", unit) for unit in encoder.cut(blocks)]
+    assert "".join(unit for _, unit in units) == text and len(units) > 20
+    ids = [i for _, _, part in stream_encoders.encode_in_order(encoder, units) for i in part.tolist()]
+    assert ids == _hf_ids(bpe, text)

@@ -28,8 +28,11 @@ def iter_pieces(
 ) -> Iterator[str]:
     """Re-cut a stream of text blocks into pieces of about ``piece_chars`` at safe cuts.
 
-    The pieces join back to exactly the input text.
+    The pieces join back to exactly the input text. ``max_chars`` must be well above
+    ``piece_chars``, or most cuts would be forced rather than safe.
     """
+    if max_chars < 2 * piece_chars:
+        raise ValueError(f"max_chars ({max_chars}) must be at least twice piece_chars ({piece_chars})")
     carry = ""
     for block in blocks:
         text = carry + block if carry else block

@@ -5,7 +5,7 @@ An encoder cuts each document part into units (``cut``) and turns each unit into
 that reading, cutting and writing in the calling thread overlap with encoding.
 
 - char / byte: whole 1 MiB blocks at C speed (``bytes.translate``, ``numpy``), in the calling thread.
-- BPE with ``tokenizers``: ~1 MiB units of ~1 KiB pieces per ``encode_batch_fast`` call (its
+- BPE with ``tokenizers``: 256 KiB units of ~1 KiB pieces per ``encode_batch_fast`` call (its
   fastest input size), which runs on all cores by itself; one helper thread.
 - BPE with ``tiktoken`` (:mod:`nima.data.fast_bpe`, when installed): 64 KiB units on one thread
   per core (tiktoken releases the GIL), each checked against ``tokenizers`` for the first
@@ -32,8 +32,8 @@ from nima.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Toke
 
 K = TypeVar("K")
 
-HF_UNIT_CHARS = 1 << 20
-"""Text per ``encode_batch_fast`` call (~1000 pieces of ~1 KiB)."""
+HF_UNIT_CHARS = 1 << 18
+"""Text per ``encode_batch_fast`` call (~256 pieces of ~1 KiB)."""
 HF_PIECE_CHARS = 1024
 FAST_UNIT_CHARS = 1 << 16
 """tiktoken unit: long enough that per-call overhead vanishes, short enough to keep cores busy."""
