@@ -81,6 +81,7 @@ class FastBPE:
         self._encoding = tiktoken.Encoding(
             "nima-bpe", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
         )
+        self._to_numpy = hasattr(self._encoding, "encode_to_numpy")
         self._check_vocabulary(token_bytes, specials)
 
     def encode(self, text: str) -> np.ndarray:
@@ -88,7 +89,12 @@ class FastBPE:
         if len(text) > MAX_FAST_PIECE_CHARS:
             return self.reference(text)
         try:
-            return self._encoding.encode_to_numpy(text, allowed_special=self._specials, disallowed_special=())
+            if self._to_numpy:  # tiktoken >= 0.8: no Python list in between
+                return self._encoding.encode_to_numpy(
+                    text, allowed_special=self._specials, disallowed_special=()
+                )
+            ids = self._encoding.encode(text, allowed_special=self._specials, disallowed_special=())
+            return np.asarray(ids, dtype=np.uint32)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # noqa: BLE001 - tiktoken's Rust panics derive from BaseException
