@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from nima.data import BPETokenizer, prepare, stream_encoders
 from nima.data import fast_bpe as fast_bpe_module
+from nima.data import preparation as prepare_module
 from nima.data.chunking import iter_pieces
 from nima.data.fast_bpe import FastBPE, FastBPEUnavailable
 from nima.data.tokenizer import EOT_TEXT, tokenizer_from_dict
@@ -159,6 +160,7 @@ def _ids(data) -> np.ndarray:
 def test_prepare_uses_the_fast_path_and_matches_tokenizers(
     tmp_path: Path, tiny_shakespeare_file: Path, monkeypatch, capsys
 ) -> None:
+    monkeypatch.setattr(prepare_module, "FAST_BPE_MIN_CHARS", 0)  # small corpus, fast path all the same
     corpus = _corpus(tmp_path, tiny_shakespeare_file)
     fast = prepare(corpus, "bpe", vocab_size=800, data_dir=tmp_path / "fast")
     assert fast.meta["encoder"].startswith("tiktoken")
@@ -176,6 +178,7 @@ def test_prepare_uses_the_fast_path_and_matches_tokenizers(
 def test_a_difference_on_the_corpus_falls_back_to_tokenizers(
     tmp_path: Path, tiny_shakespeare_file: Path, monkeypatch, capsys
 ) -> None:
+    monkeypatch.setattr(prepare_module, "FAST_BPE_MIN_CHARS", 0)  # small corpus, fast path all the same
     corpus = _corpus(tmp_path, tiny_shakespeare_file)
     reference = prepare(corpus, "bpe", vocab_size=800, data_dir=tmp_path / "ref")
     real_encode = FastBPE.encode

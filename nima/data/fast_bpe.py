@@ -1,9 +1,9 @@
 """Optional fast BPE encoding: ``tiktoken`` built from Nima's own trained vocabulary.
 
-Why: on a small CPU, Hugging Face ``tokenizers`` encodes about 1-3 MB of text per core-second;
-``tiktoken`` encodes the same vocabulary about five times faster (measured in
-benchmarks/README.md). Preparation uses it when it is installed (``pip install tiktoken``) and
-gives the same ids; otherwise it stays on ``tokenizers``.
+Why: on a small CPU, Hugging Face ``tokenizers`` encodes about 1-2.5 MB of text per
+core-second; ``tiktoken`` encodes the same vocabulary about three times faster, 8 MB per
+core-second (measured in benchmarks/README.md). Preparation uses it when it is installed
+(``pip install tiktoken``) and gives the same ids; otherwise it stays on ``tokenizers``.
 
 Same ids? Both split text with GPT-2's pattern and then merge bytes, but by different rules:
 ``tokenizers`` applies its trained merge list in order, while ``tiktoken`` repeatedly joins the
