@@ -3,6 +3,8 @@
 - :mod:`~nima.data.sources`: known datasets (tiny Shakespeare), text files, folders, jsonl.
 - :mod:`~nima.data.tokenizer`: char, byte and byte-level BPE tokenizers (JSON on disk).
 - :mod:`~nima.data.preparation`: streaming preparation into ``train.bin`` / ``val.bin`` + ``meta.json``.
+- :mod:`~nima.data.stream_encoders`: text stream -> token ids on all cores (used by preparation).
+- :mod:`~nima.data.fast_bpe`: optional ``tiktoken`` fast path for BPE, checked against ``tokenizers``.
 - :mod:`~nima.data.datasets`: ``TokenWindowDataset`` and the guide's ``prepare_dataset``.
 - :mod:`~nima.data.loader`: ``DataCollator``, ``ResumableSampler``, ``create_dataloader``.
 
