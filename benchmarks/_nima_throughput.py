@@ -115,6 +115,10 @@ def run(steps: int, warmup: int, data_dir: str, output_dir: str, overrides: list
         "timed_steps": timed_steps,
         "timed_s": wall,
         "train_tokens_per_s": results["train_tokens_per_s"],
+        # Evaluation + checkpoint share of the whole run's wall time (the Trainer keeps the two apart).
+        "overhead_share": max(
+            0.0, 1.0 - results["tokens"] / results["train_tokens_per_s"] / results["wall_time_s"]
+        ),
         "evals": timer.evals,
         "saves": timer.saves,
         "val_loss": results["final_val_loss"],

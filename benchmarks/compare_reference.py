@@ -242,7 +242,7 @@ def fmt(s: dict[str, float], unit: str = "x") -> str:
 
 def throughput(sides: Sides, rounds: int, steps: int) -> dict[str, Any]:
     print(f"== (a) throughput: {rounds} paired rounds of {steps} steps, alternating order", flush=True)
-    ratios, ref_tps, nima_tps = [], [], []
+    ratios, ref_tps, nima_tps, shares = [], [], [], []
     for r in range(rounds):
         order = ("reference", "nima") if r % 2 == 0 else ("nima", "reference")
         got: dict[str, float] = {}
@@ -252,7 +252,11 @@ def throughput(sides: Sides, rounds: int, steps: int) -> dict[str, Any]:
             else:
                 figures = sides.nima_throughput(steps)
                 got[side] = figures["tokens_per_s"]
-                extra = f"evals {figures['evals']}, saves {figures['saves']}"
+                extra = (
+                    f"evals {figures['evals']}, saves {figures['saves']}, evaluation + checkpoints "
+                    f"{100 * figures['overhead_share']:.1f}% of its time"
+                )
+                shares.append(figures["overhead_share"])
         ratios.append(got["nima"] / got["reference"])
         ref_tps.append(got["reference"])
         nima_tps.append(got["nima"])
@@ -261,8 +265,17 @@ def throughput(sides: Sides, rounds: int, steps: int) -> dict[str, Any]:
             f"nima {got['nima']:,.0f} tok/s ({extra}) -> {ratios[-1]:.3f}x",
             flush=True,
         )
-    result = {"ratio": summary(ratios), "reference_tps": summary(ref_tps), "nima_tps": summary(nima_tps)}
-    print(f"  throughput ratio nima/reference: {fmt(result['ratio'])}", flush=True)
+    result = {
+        "ratio": summary(ratios),
+        "reference_tps": summary(ref_tps),
+        "nima_tps": summary(nima_tps),
+        "overhead_share": summary(shares),
+    }
+    print(
+        f"  throughput ratio nima/reference: {fmt(result['ratio'])}; evaluation + checkpoints "
+        f"{100 * result['overhead_share']['median']:.1f}% of Nima's time (median)",
+        flush=True,
+    )
     return result
 
 
