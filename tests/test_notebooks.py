@@ -34,11 +34,12 @@ def test_committed_notebook_is_what_the_builder_writes(name):
 
 
 def _outputs(nb) -> str:
+    # Stream text is joined as is: a busy kernel may flush one printed line in several chunks.
     texts = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            texts.append(out.get("text", "") or str(out.get("data", {}).get("text/plain", "")))
-    return "\n".join(texts)
+            texts.append(out.get("text", "") or str(out.get("data", {}).get("text/plain", "")) + "\n")
+    return "".join(texts)
 
 
 @pytest.mark.slow
