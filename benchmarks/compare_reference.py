@@ -433,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'<=' if q['reached'] else '>'} {TARGET_LOSS}; evaluation + checkpoints "
                 f"{100 * q['overhead_share']['median']:.1f}% of training time]"
             )
+        if "precision" in results:
+            parts.append(f"precision auto/fp32 {fmt(results['precision']['ratio'])} [goal >= 1x]")
         print("RESULT " + "; ".join(parts), flush=True)
     return 0
 
