@@ -21,6 +21,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_reference_shape_throughput_run_includes_eval_and_checkpoints(session_data_dir, tmp_path):
     child = _load("_nima_throughput")
     figures = child.run(
@@ -75,6 +76,7 @@ def test_parse_train_summary_line():
     assert compare.overhead_share(parsed) == pytest.approx(1 - 768000 / 25000 / 40.0)
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_tiny_on_cpu():
     proc = subprocess.run(
         [
