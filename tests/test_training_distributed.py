@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun on CPU (Gloo): two processes end with identical parameters."""
+"""Data-parallel training under torchrun on CPU (Gloo): identical parameters on both ranks, exact resume."""
 
 from __future__ import annotations
 
@@ -65,19 +65,86 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path) -> None:
     prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    report, stdout = _torchrun(script, prepared.path, tmp_path / "out")
+    assert report["world_size"] == 2
+    assert report["max_param_diff"] == 0.0  # same weights on both ranks after training
+    assert not report["same_first_batch"]  # each rank reads its own shard
+    assert report["steps"] == 4 and report["tokens"] == 4 * 2 * 4 * 32 * 2
+    assert report["val_loss"] is not None
+    assert (tmp_path / "out" / "checkpoints" / "step_4.pt").is_file()
+    assert stdout.count("training ") == 1  # only rank 0 talks
+
+
+RESUME_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from nima.data import DataCollator, TokenWindowDataset, create_dataloader, load_prepared
+    from nima.distributed import cleanup, init_distributed
+    from nima.models import ModelConfig, create_model
+    from nima.training import Trainer, TrainingConfig
+
+    prepared_path, out = sys.argv[1], sys.argv[2]
+    ctx = init_distributed("cpu")
+    data = load_prepared(prepared_path)
+
+    class StopAt:
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_end(self, trainer, metrics):
+            trainer.should_stop = trainer.step >= self.step
+
+    def trainer(max_steps, folder, callbacks=()):
+        ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
+                                tokenizer_identity=data.tokenizer.identity(), prepared_path=data.path)
+        loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True,
+                                   seed=0, rank=ctx.rank, world_size=ctx.world_size)
+        torch.manual_seed(0)
+        model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
+                                         n_layers=1, d_ff=64, max_seq_len=32, dropout=0.3))
+        cfg = TrainingConfig(max_steps=max_steps, batch_size=4, learning_rate=1e-2, output_dir=folder,
+                             eval_every=0, save_every=2, log_every=1, progress_bar=False)
+        return Trainer(model, cfg, loader, None, callbacks=callbacks)
+
+    def params(t):
+        return torch.cat([p.detach().flatten() for p in t.raw_model.parameters()])
+
+    straight = trainer(6, out + "/straight")
+    straight.train()
+    trainer(6, out + "/first", [StopAt(3)]).train()  # saves step_2 (and step_3), then stops
+    resumed = trainer(6, out + "/resumed")
+    resumed.load_checkpoint(out + "/first/checkpoints/step_2.pt")
+    resumed.train()
+    diff = (params(straight) - params(resumed)).abs().max()
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    if ctx.rank == 0:
+        print("RESULT " + json.dumps({"max_diff": float(diff), "steps": resumed.step}))
+    cleanup()
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_process_resume_is_bit_exact(tmp_path: Path, session_data_dir: Path) -> None:
+    # With dropout on, each rank draws its own random stream; the checkpoint must hold every
+    # rank's, or the resumed run drifts from the uninterrupted one.
+    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
+    script = tmp_path / "resume_worker.py"
+    script.write_text(RESUME_WORKER)
+    report, _ = _torchrun(script, prepared.path, tmp_path / "out")
+    assert report == {"max_diff": 0.0, "steps": 6}
+
+
+def _torchrun(script: Path, prepared: Path, out: Path) -> tuple[dict, str]:
+    """Run ``script`` on 2 CPU processes; returns rank 0's ``RESULT`` JSON and the whole stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            str(prepared.path),
-            str(tmp_path / "out"),
-        ],
-        cwd=tmp_path,
+        [*command, str(script), str(prepared), str(out)],
+        cwd=script.parent,
         env=env,
         capture_output=True,
         text=True,
@@ -85,14 +152,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    report = json.loads(line.removeprefix("RESULT "))
-    assert report["world_size"] == 2
-    assert report["max_param_diff"] == 0.0  # same weights on both ranks after training
-    assert not report["same_first_batch"]  # each rank reads its own shard
-    assert report["steps"] == 4 and report["tokens"] == 4 * 2 * 4 * 32 * 2
-    assert report["val_loss"] is not None
-    assert (tmp_path / "out" / "checkpoints" / "step_4.pt").is_file()
-    assert result.stdout.count("training ") == 1  # only rank 0 talks
+    return json.loads(line.removeprefix("RESULT ")), result.stdout
 
 
 def test_single_process_helpers_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> None:

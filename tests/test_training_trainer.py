@@ -14,7 +14,7 @@ from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepa
 from nima.errors import CheckpointError, ConfigError
 from nima.models import ModelConfig, create_model
 from nima.training import Callback, EarlyStopping, Trainer, TrainingConfig
-from nima.training.checkpoint import load_model_from_checkpoint
+from nima.training.checkpoint import atomic_save, load_model_from_checkpoint
 
 TINY = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "max_seq_len": 32}
 
@@ -270,6 +270,19 @@ def test_resume_with_mismatched_model_or_tokenizer_fails(prepared, tmp_path: Pat
     odd = Trainer(tiny_model(prepared), config(tmp_path, max_steps=1), train, tokenizer=OtherTokenizer())
     with pytest.raises(CheckpointError, match=r"tokenizer\.kind: checkpoint 'char', data 'byte'"):
         odd.load_checkpoint(path)
+
+
+def test_resume_from_another_world_size_warns_that_randomness_restarts(prepared, tmp_path: Path) -> None:
+    train = small_loader(prepared, tokens=1000)
+    trainer = Trainer(tiny_model(prepared), config(tmp_path, max_steps=1), train)
+    trainer.train()
+    state = trainer.checkpoint_state()
+    state["world_size"] = 2  # as if saved by a 2-process torchrun job
+    path = atomic_save(state, tmp_path / "two_ranks.pt")
+    other = Trainer(tiny_model(prepared), config(tmp_path, max_steps=2), train)
+    with pytest.warns(UserWarning, match="saved by 2 processes and this run has 1"):
+        other.load_checkpoint(path)
+    assert other.step == 1  # everything else is restored
 
 
 def test_early_stopping_in_the_trainer(prepared, tmp_path: Path) -> None:

@@ -114,6 +114,21 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's ``tensor`` (same shape and dtype on all ranks), in rank order, on the CPU.
+
+    A collective: all ranks must call it. Single-process, it returns ``[tensor]``. Under NCCL the
+    exchange goes through this rank's CUDA device, which NCCL requires.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [tensor.cpu()]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    local = tensor.to(device)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [t.cpu() for t in gathered]
+
+
 def wrap_model(model: torch.nn.Module, ctx: DistributedContext, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` when running multi-process (else ``model`` itself).
 
@@ -138,6 +153,7 @@ def no_sync(model: torch.nn.Module, skip: bool) -> contextlib.AbstractContextMan
 
 __all__ = [
     "DistributedContext",
+    "all_gather_tensors",
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",

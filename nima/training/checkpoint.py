@@ -172,6 +172,32 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
+def gather_rank_rng_states() -> list[dict[str, torch.Tensor | None]]:
+    """Every process's torch generator states (CPU, and its own CUDA device), in rank order.
+
+    Under torchrun each rank seeds torch with ``seed + rank``, so dropout draws differ between
+    ranks and an exact resume needs each rank's own state back. A collective: every rank calls it.
+    Single-process, it returns this process's state only.
+    """
+    from nima.distributed import all_gather_tensors
+
+    cpu = torch.get_rng_state()
+    on_cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda = torch.cuda.get_rng_state() if on_cuda else torch.empty(0, dtype=torch.uint8)
+    flat = torch.cat([cpu, cuda])
+    return [
+        {"torch": part[: cpu.numel()].clone(), "cuda": part[cpu.numel() :].clone() if on_cuda else None}
+        for part in all_gather_tensors(flat)
+    ]
+
+
+def restore_rank_rng_state(state: dict[str, torch.Tensor | None]) -> None:
+    """Put back one rank's entry of :func:`gather_rank_rng_states` in this process."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
 # --- checks when resuming ---
 
 

@@ -29,9 +29,11 @@ from nima.training.checkpoint import (
     atomic_save,
     capture_rng_state,
     clean_state_dict,
+    gather_rank_rng_states,
     load_checkpoint_file,
     model_config_mismatches,
     prune_checkpoints,
+    restore_rank_rng_state,
     restore_rng_state,
     tokenizer_mismatches,
     unwrap_model,
@@ -377,7 +379,8 @@ class Trainer:
         except KeyboardInterrupt:
             # Keep the work done so far: the last completed step can be resumed with --checkpoint.
             if self.step > start_step and self.is_main:
-                path = self.save_checkpoint(f"step_{self.step}")
+                # Only rank 0 gets here for sure, so no collective (RNG) gathering.
+                path = self.save_checkpoint(f"step_{self.step}", all_ranks=False)
                 self._say(f"interrupted at step {self.step}; saved {path} (resume with --checkpoint {path})")
             raise
         finally:
@@ -644,8 +647,12 @@ class Trainer:
             identity["path"] = str((Path(prepared) / "tokenizer.json").resolve())
         return identity
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to rebuild the model and continue training exactly."""
+    def checkpoint_state(self, rng_by_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything needed to rebuild the model and continue training exactly.
+
+        ``rng_by_rank``: every process's generator states (:func:`gather_rank_rng_states`), so
+        that a multi-process run resumes exactly; single-process runs need only ``rng``.
+        """
         dataset = getattr(self.train_dataloader, "dataset", None)
         prepared = getattr(dataset, "prepared_path", None)
         model_config = getattr(self.raw_model, "config", None)
@@ -669,19 +676,25 @@ class Trainer:
             "precision": self.precision.name,
             "world_size": self.dist.world_size,
             "rng": capture_rng_state(),
+            "rng_by_rank": rng_by_rank,
         }
         return state
 
-    def save_checkpoint(self, name: str) -> Path:
-        """Write ``<output_dir>/checkpoints/<name>.pt`` atomically (rank 0 only); returns the path."""
+    def save_checkpoint(self, name: str, all_ranks: bool = True) -> Path:
+        """Write ``<output_dir>/checkpoints/<name>.pt`` atomically (rank 0 writes); returns the path.
+
+        Under torchrun every rank must call it (each contributes its RNG state), unless
+        ``all_ranks=False``: then only rank 0 calls it and resuming will not be exact.
+        """
         path = Path(name)
         if path.suffix != ".pt":
             path = path.with_name(path.name + ".pt")
         if not path.is_absolute() and path.parent == Path("."):
             path = self.checkpoint_dir / path
+        rng_by_rank = gather_rank_rng_states() if self.dist.enabled and all_ranks else None
         if not self.is_main:
             return path
-        atomic_save(self.checkpoint_state(), path)
+        atomic_save(self.checkpoint_state(rng_by_rank), path)
         for prefix in ("step", "epoch"):
             if path.name.startswith(prefix + "_"):
                 prune_checkpoints(path.parent, prefix, self.config.keep_last_checkpoints, protect=path)
@@ -729,11 +742,33 @@ class Trainer:
         self.last_val_loss = ckpt.get("last_val_loss")
         if self.early_stopping is not None and ckpt.get("early_stopping"):
             self.early_stopping.load_state_dict(ckpt["early_stopping"])
-        if ckpt.get("rng") and ckpt.get("world_size", 1) == self.dist.world_size:
-            if self.dist.world_size == 1:
-                restore_rng_state(ckpt["rng"])
+        self._restore_rng(ckpt, path)
         self._iter = None
         return ckpt
+
+    def _restore_rng(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        """Each rank takes back its own generator states; warn when that is not possible."""
+        saved_world = int(ckpt.get("world_size", 1))
+        by_rank = ckpt.get("rng_by_rank")
+        if not ckpt.get("rng"):
+            return
+        if self.dist.world_size == 1 and saved_world == 1:
+            restore_rng_state(ckpt["rng"])
+        elif by_rank and len(by_rank) == self.dist.world_size:
+            if self.is_main:
+                restore_rng_state(ckpt["rng"])
+            restore_rank_rng_state(by_rank[self.dist.rank])
+        elif self.is_main:
+            why = (
+                f"it was saved by {saved_world} processes and this run has {self.dist.world_size}"
+                if saved_world != self.dist.world_size
+                else "it holds only rank 0's random state (saved on interrupt)"
+            )
+            warnings.warn(
+                f"{path}: random streams (dropout) start afresh because {why}; "
+                "training continues, but not bit-exactly as an uninterrupted run would",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ output
 
