@@ -76,5 +76,6 @@ def main() -> None:
         rate = args.tokens / best_of(fn)
         print(f"{name:34s} {rate:10,.0f} tokens/s   ratio {rate / bare_rate:.2f}")
 
+
 if __name__ == "__main__":
     main()

@@ -156,3 +156,13 @@ def test_compare_reference_quick_end_to_end(tiny_shakespeare_file, tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("RESULT throughput ") and "time-to-loss " in last
     assert "full-split val loss" in last
+
+
+def test_op_scaling_groups_the_step_by_operator_family():
+    bench = _load("op_scaling")
+    assert bench.family("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention"
+    assert bench.family("aten::addmm") == "matmul" and bench.family("aten::gelu_backward") == "gelu"
+    assert bench.family("aten::view") == "other"
+    figures = bench.profile_step(threads=1, steps=2, batch=2)
+    assert {"matmul", "attention", "gelu", "optimizer"} <= figures.keys()
+    assert all(ms > 0 for ms in figures.values())
