@@ -79,6 +79,7 @@ def test_unknown_key_suggests_the_nearest(tmp_path: Path) -> None:
         ("training:\n  use_mixed_precision: maybe\n", "training.use_mixed_precision must be true or false"),
         ("training:\n  lr_scheduler_type: cosin\n", "(did you mean cosine?)"),
         ("training:\n  precision: bf32\n", "training.precision must be one of"),
+        ("training:\n  distributed_strategy: fsdp2\n", "one of ddp, fsdp, got 'fsdp2' (did you mean fsdp?)"),
         ("training:\n  save_steps: 5\n  save_every: 6\n", "same setting"),
         ("model:\n  d_model: 100\n  n_heads: 3\n", "n_heads"),
         ("training: [1, 2]\n", "must be a mapping"),

@@ -138,6 +138,82 @@ def test_two_process_resume_is_bit_exact(tmp_path: Path, session_data_dir: Path)
     assert report == {"max_diff": 0.0, "steps": 6}
 
 
+FSDP_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    from nima.data import DataCollator, TokenWindowDataset, create_dataloader, load_prepared
+    from nima.distributed import cleanup, init_distributed
+    from nima.models import ModelConfig, create_model
+    from nima.training import Trainer, TrainingConfig
+
+    prepared_path, out = sys.argv[1], sys.argv[2]
+    ctx = init_distributed("cpu")
+    data = load_prepared(prepared_path)
+
+    class StopAt:
+        def on_step_end(self, trainer, metrics):
+            trainer.should_stop = trainer.step >= 2
+
+    def run(strategy, folder, stop=False, resume=None):
+        ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
+                                tokenizer_identity=data.tokenizer.identity(), prepared_path=data.path)
+        loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True,
+                                   seed=0, rank=ctx.rank, world_size=ctx.world_size)
+        torch.manual_seed(0)  # FSDP needs the same initial weights on every rank
+        model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
+                                         n_layers=2, d_ff=64, max_seq_len=32, dropout=0.1))
+        cfg = TrainingConfig(max_steps=4, batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
+                             output_dir=f"{out}/{folder}", eval_every=2, eval_batches=2, save_every=2,
+                             log_every=1, progress_bar=False, distributed_strategy=strategy)
+        trainer = Trainer(model, cfg, loader, loader, callbacks=[StopAt()] if stop else [])
+        if resume:
+            trainer.load_checkpoint(f"{out}/{resume}/checkpoints/step_2.pt")
+        results = trainer.train()
+        return trainer, results
+
+    fsdp, results = run("fsdp", "fsdp")
+    run("ddp", "ddp")
+    run("fsdp", "first", stop=True)
+    run("fsdp", "resumed", resume="first")
+    run("ddp", "ddp_from_fsdp", resume="first")
+    if ctx.rank == 0:
+        def final(folder):
+            return torch.load(f"{out}/{folder}/checkpoints/step_4.pt", weights_only=True)
+
+        def diff(a, b):
+            weights = max(float((a["model"][k] - b["model"][k]).abs().max()) for k in a["model"])
+            moments = max(float((x["exp_avg_sq"] - b["optimizer"]["state"][i]["exp_avg_sq"]).abs().max())
+                          for i, x in a["optimizer"]["state"].items())
+            return max(weights, moments)
+
+        print("RESULT " + json.dumps({
+            "sharded": fsdp.sharded,
+            "val_loss": results["final_val_loss"],
+            "fsdp_vs_ddp": diff(final("fsdp"), final("ddp")),
+            "fsdp_resumed_vs_straight": diff(final("fsdp"), final("resumed")),
+            "ddp_resumed_from_fsdp_vs_ddp": diff(final("ddp"), final("ddp_from_fsdp")),
+        }))
+    cleanup()
+    """
+)
+
+
+@pytest.mark.slow
+def test_fsdp_matches_ddp_and_resumes_exactly(tmp_path: Path, session_data_dir: Path) -> None:
+    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
+    script = tmp_path / "fsdp_worker.py"
+    script.write_text(FSDP_WORKER)
+    report, stdout = _torchrun(script, prepared.path, tmp_path / "out")
+    assert report["sharded"] is True and report["val_loss"] is not None
+    # Same data, same initial weights, same dropout streams: sharding changes only summation order.
+    assert report["fsdp_vs_ddp"] < 1e-5
+    assert report["fsdp_resumed_vs_straight"] == 0.0
+    # A checkpoint written by the sharded run resumes under DDP (one on-disk layout for both).
+    assert report["ddp_resumed_from_fsdp_vs_ddp"] < 1e-5
+
+
 def _torchrun(script: Path, prepared: Path, out: Path) -> tuple[dict, str]:
     """Run ``script`` on 2 CPU processes; returns rank 0's ``RESULT`` JSON and the whole stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

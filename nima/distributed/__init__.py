@@ -5,8 +5,9 @@ Launch with ``torchrun --nproc_per_node=N scripts/train.py ...``; torchrun sets 
 joins the process group (NCCL on CUDA, Gloo on CPU). Without those variables everything here is
 a cheap no-op, so single-process code calls the same functions.
 
-The wrapping step is one function (:func:`wrap_model`) so that FSDP2 (``fully_shard``) can be
-added next to DDP without touching the Trainer.
+The wrapping step is one function (:func:`wrap_model`): DDP (every process holds the whole
+model) or FSDP2 (``fully_shard``: parameters, gradients and optimizer state split across
+processes; see :mod:`nima.distributed.fsdp`).
 """
 
 from __future__ import annotations
@@ -129,13 +130,26 @@ def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     return [t.cpu() for t in gathered]
 
 
-def wrap_model(model: torch.nn.Module, ctx: DistributedContext, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel around ``model`` when running multi-process (else ``model`` itself).
+STRATEGIES = ("ddp", "fsdp")
 
-    DDP broadcasts rank 0's parameters at construction, so all ranks start identical.
+
+def wrap_model(
+    model: torch.nn.Module, ctx: DistributedContext, device: torch.device, strategy: str = "ddp"
+) -> torch.nn.Module:
+    """Make ``model`` data-parallel when running multi-process (else return it as it is).
+
+    ``ddp``: DistributedDataParallel, which broadcasts rank 0's parameters at construction so all
+    ranks start identical. ``fsdp``: FSDP2 applied in place (returns ``model`` itself, sharded);
+    every rank must then hold the same initial weights (seed the model's creation identically).
     """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"distributed strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if not ctx.enabled:
         return model
+    if strategy == "fsdp":
+        from nima.distributed.fsdp import shard_model
+
+        return shard_model(model, device)
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = (
@@ -145,13 +159,28 @@ def wrap_model(model: torch.nn.Module, ctx: DistributedContext, device: torch.de
 
 
 def no_sync(model: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
-    """DDP's ``no_sync()`` when ``skip`` (accumulation micro-steps before the last), else nothing."""
+    """Skip the gradient exchange when ``skip`` (accumulation micro-steps before the last).
+
+    DDP's ``no_sync()``, or FSDP2's ``set_requires_gradient_sync(False)``; else nothing.
+    """
     if skip and hasattr(model, "no_sync"):
         return model.no_sync()
+    if skip and hasattr(model, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(model)
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _fsdp_no_sync(model: torch.nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 __all__ = [
+    "STRATEGIES",
     "DistributedContext",
     "all_gather_tensors",
     "all_reduce_mean",

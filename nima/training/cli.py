@@ -267,7 +267,9 @@ def run_training(run: RunConfig, checkpoint: str | None = None, quick_test: bool
         results = trainer.train()
         if ctx.is_main:
             _print_summary(results, time.perf_counter() - started)
-            if quick_test:
+            if quick_test and trainer.sharded:  # generating would need every rank's shards
+                print("sample: skipped (the model is sharded); run nima generate on the checkpoint")
+            elif quick_test:
                 print_sample(trainer.raw_model, prepared.tokenizer, trainer.device)
         return results
     finally:

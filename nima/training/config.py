@@ -7,6 +7,7 @@ import math
 from dataclasses import InitVar, dataclass
 from typing import Any
 
+from nima.distributed import STRATEGIES
 from nima.errors import ConfigError
 from nima.training.validation import build_section, coerce, field_types
 
@@ -72,6 +73,9 @@ class TrainingConfig:
     """torch.compile the model (gains on GPUs; little at tiny CPU sizes)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (when the model supports it)."""
+    distributed_strategy: str = "ddp"
+    """Under torchrun: ddp (each process holds the whole model) or fsdp (FSDP2: parameters,
+    gradients and optimizer state split across processes, for models too big for one device)."""
     num_workers: int = 0
     """DataLoader worker processes for loaders built from this config."""
     seed: int = 1337
@@ -155,6 +159,7 @@ class TrainingConfig:
             ("lr_scheduler_type", SCHEDULERS),
             ("optimizer_type", OPTIMIZERS),
             ("precision", PRECISIONS),
+            ("distributed_strategy", STRATEGIES),
         ):
             if getattr(self, key) not in choices:
                 from nima.training.validation import suggest

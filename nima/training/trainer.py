@@ -22,6 +22,12 @@ import torch
 from torch import nn
 
 from nima.distributed import DistributedContext, all_reduce_sum, init_distributed, no_sync, wrap_model
+from nima.distributed.fsdp import (
+    full_state_dicts,
+    is_sharded,
+    load_full_model_state,
+    load_full_optimizer_state,
+)
 from nima.errors import CheckpointError, ConfigError
 from nima.training.callbacks import EarlyStopping, MetricsTracker, ProgressPrinter
 from nima.training.checkpoint import (
@@ -128,10 +134,14 @@ class Trainer:
             config.precision, config.use_mixed_precision, self.device, bf16_benchmark=self._bf16_benchmark
         )
 
-        model_to_run: nn.Module = self.raw_model
-        if config.compile:
-            model_to_run = torch.compile(model_to_run)
-        self.model = wrap_model(model_to_run, self.dist, self.device)
+        if config.distributed_strategy == "fsdp":
+            # FSDP2 shards the module in place; compile (if asked) then wraps the sharded module.
+            wrap_model(self.raw_model, self.dist, self.device, "fsdp")
+            self.model = torch.compile(self.raw_model) if config.compile else self.raw_model
+        else:
+            model_to_run = torch.compile(self.raw_model) if config.compile else self.raw_model
+            self.model = wrap_model(model_to_run, self.dist, self.device, "ddp")
+        self.sharded = is_sharded(self.raw_model)
 
         self.batches_per_epoch = self._loader_length()
         if self.batches_per_epoch == 0:
@@ -378,7 +388,10 @@ class Trainer:
                 self._overhead_s += time.perf_counter() - t0
         except KeyboardInterrupt:
             # Keep the work done so far: the last completed step can be resumed with --checkpoint.
-            if self.step > start_step and self.is_main:
+            if self.step > start_step and self.is_main and self.sharded:
+                self._say(f"interrupted at step {self.step}; a sharded model cannot be saved by one process: "
+                          "resume from the last step_N.pt")  # fmt: skip
+            elif self.step > start_step and self.is_main:
                 # Only rank 0 gets here for sure, so no collective (RNG) gathering.
                 path = self.save_checkpoint(f"step_{self.step}", all_ranks=False)
                 self._say(f"interrupted at step {self.step}; saved {path} (resume with --checkpoint {path})")
@@ -647,23 +660,25 @@ class Trainer:
             identity["path"] = str((Path(prepared) / "tokenizer.json").resolve())
         return identity
 
-    def checkpoint_state(self, rng_by_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def checkpoint_state(self, gathered: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything needed to rebuild the model and continue training exactly.
 
-        ``rng_by_rank``: every process's generator states (:func:`gather_rank_rng_states`), so
-        that a multi-process run resumes exactly; single-process runs need only ``rng``.
+        ``gathered``: what the ranks collected together for this checkpoint (see
+        :meth:`_gather_for_checkpoint`): every process's RNG state and, for a sharded (FSDP)
+        model, the full model and optimizer states. Single-process runs need none of it.
         """
+        gathered = gathered or {}
         dataset = getattr(self.train_dataloader, "dataset", None)
         prepared = getattr(dataset, "prepared_path", None)
         model_config = getattr(self.raw_model, "config", None)
         state = {
             "format": FORMAT,
-            "model": clean_state_dict(self.raw_model.state_dict()),
+            "model": gathered.get("model") or clean_state_dict(self.raw_model.state_dict()),
             "model_config": model_config.to_dict() if hasattr(model_config, "to_dict") else None,
             "tokenizer": self._tokenizer_identity(),
             "data": {"prepared_path": str(prepared) if prepared is not None else None},
             "training_config": self.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": gathered.get("optimizer") or self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step,
@@ -676,7 +691,7 @@ class Trainer:
             "precision": self.precision.name,
             "world_size": self.dist.world_size,
             "rng": capture_rng_state(),
-            "rng_by_rank": rng_by_rank,
+            "rng_by_rank": gathered.get("rng_by_rank"),
         }
         return state
 
@@ -691,15 +706,24 @@ class Trainer:
             path = path.with_name(path.name + ".pt")
         if not path.is_absolute() and path.parent == Path("."):
             path = self.checkpoint_dir / path
-        rng_by_rank = gather_rank_rng_states() if self.dist.enabled and all_ranks else None
+        gathered = self._gather_for_checkpoint() if all_ranks else {}
         if not self.is_main:
             return path
-        atomic_save(self.checkpoint_state(rng_by_rank), path)
+        atomic_save(self.checkpoint_state(gathered), path)
         for prefix in ("step", "epoch"):
             if path.name.startswith(prefix + "_"):
                 prune_checkpoints(path.parent, prefix, self.config.keep_last_checkpoints, protect=path)
         self._call("on_save", self, path)
         return path
+
+    def _gather_for_checkpoint(self) -> dict[str, Any]:
+        """What every rank contributes to a checkpoint (a collective under torchrun)."""
+        if not self.dist.enabled:
+            return {}
+        gathered: dict[str, Any] = {"rng_by_rank": gather_rank_rng_states()}
+        if self.sharded:
+            gathered["model"], gathered["optimizer"] = full_state_dicts(self.raw_model, self.optimizer)
+        return gathered
 
     def load_checkpoint(self, path: str | Path, weights_only_model: bool = False) -> dict[str, Any]:
         """Restore model, optimizer, schedule, scaler, step, data position and RNG from ``path``.
@@ -716,8 +740,12 @@ class Trainer:
         diffs = tokenizer_mismatches(ckpt.get("tokenizer"), self._tokenizer_identity())
         if diffs:
             raise CheckpointError(f"{path} was trained with a different tokenizer: {'; '.join(diffs)}")
+        model_state = clean_state_dict(ckpt["model"])
         try:
-            self.raw_model.load_state_dict(clean_state_dict(ckpt["model"]))
+            if self.sharded:  # every rank reads the file and keeps its own shards
+                load_full_model_state(self.raw_model, model_state)
+            else:
+                self.raw_model.load_state_dict(model_state)
         except RuntimeError as err:
             raise CheckpointError(
                 f"{path}: weights do not fit this model: {str(err).splitlines()[0][:200]}"
@@ -725,8 +753,11 @@ class Trainer:
         if weights_only_model:
             return ckpt
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as err:
+            if self.sharded:
+                load_full_optimizer_state(self.raw_model, self.optimizer, ckpt["optimizer"])
+            else:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, IndexError) as err:
             raise CheckpointError(
                 f"{path}: optimizer state does not fit this optimizer (was optimizer_type changed?): {err}"
             ) from None
