@@ -223,6 +223,15 @@ def test_precision_on_gpus_and_forced_choices() -> None:
     assert choose_precision("auto", True, "mps").name == "fp32"
 
 
+def test_tf32_only_for_mixed_precision_on_gpus() -> None:
+    bf16 = choose_precision("auto", True, "cuda", cuda_bf16_supported=True)
+    assert bf16.float32_matmul_precision == "high"
+    fp32 = choose_precision("fp32", True, "cuda", cuda_bf16_supported=True)
+    assert fp32.float32_matmul_precision == "highest"  # asked for fp32: true fp32
+    cpu = choose_precision("auto", True, "cpu", cpu_bf16_instructions=True, bf16_benchmark=lambda: True)
+    assert cpu.name == "bf16" and cpu.float32_matmul_precision == "highest"
+
+
 def test_cpu_bf16_detection_from_flags() -> None:
     assert cpu_has_bf16({"avx2", "avx512_bf16"}, capability="AVX512")
     assert cpu_has_bf16({"amx_bf16"}, capability="AVX2")

@@ -49,6 +49,13 @@ class PrecisionChoice:
     def needs_grad_scaler(self) -> bool:
         return self.name == "fp16"
 
+    @property
+    def float32_matmul_precision(self) -> str:
+        """For :func:`torch.set_float32_matmul_precision`: ``high`` (TF32 tensor cores) for the
+        fp32 matmuls left outside autocast on a GPU in mixed precision; ``highest`` otherwise, so
+        that a run that asked for fp32 gets true fp32."""
+        return "high" if self.device_type == "cuda" and self.uses_autocast else "highest"
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context the forward pass runs in (a no-op for fp32)."""
         if not self.uses_autocast:

@@ -133,6 +133,8 @@ class Trainer:
         self.precision: PrecisionChoice = choose_precision(
             config.precision, config.use_mixed_precision, self.device, bf16_benchmark=self._bf16_benchmark
         )
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision(self.precision.float32_matmul_precision)
 
         if config.distributed_strategy == "fsdp":
             # FSDP2 shards the module in place; compile (if asked) then wraps the sharded module.
