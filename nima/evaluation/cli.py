@@ -18,7 +18,7 @@ import torch
 
 from nima.errors import DataError
 from nima.evaluation.evaluate import evaluate_tokens
-from nima.inference.loading import LoadedModel, load_for_inference, set_threads
+from nima.inference.loading import LoadedModel, add_loading_options, load_for_inference, set_threads
 
 EXAMPLES = """examples:
   nima eval --checkpoint experiments/checkpoints/best_model.pt
@@ -49,18 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="step between windows (default: context length, no overlap)")
     p.add_argument("--batch_size", type=int, default=32, help="windows per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
-    p.add_argument(
-        "--tokenizer", help="tokenizer.json or prepared data folder (default: found from the checkpoint)"
-    )
-    p.add_argument(
-        "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
-    )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models)",
-    )
+    add_loading_options(p)
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),

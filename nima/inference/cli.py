@@ -15,7 +15,13 @@ from pathlib import Path
 
 from nima.errors import DataError, NimaError
 from nima.inference.generate import SamplingSettings, encode_prompt, stream_text
-from nima.inference.loading import LoadedModel, describe_identity, load_for_inference, set_threads
+from nima.inference.loading import (
+    LoadedModel,
+    add_loading_options,
+    describe_identity,
+    load_for_inference,
+    set_threads,
+)
 
 EXAMPLES = """examples:
   nima generate --checkpoint experiments/checkpoints/best_model.pt --prompt "ROMEO:" --seed 0
@@ -54,18 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed; sample i uses seed + i (default: random)")
     p.add_argument("--num_samples", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--no_stop_at_eos", action="store_true", help="keep going past the end-of-text token")
-    p.add_argument(
-        "--tokenizer", help="tokenizer.json or prepared data folder (default: found from the checkpoint)"
-    )
-    p.add_argument(
-        "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
-    )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models)",
-    )
+    add_loading_options(p)
     return p
 
 

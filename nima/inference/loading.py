@@ -15,6 +15,7 @@ error naming both identities; an automatic one is skipped.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,23 @@ def pick_device(name: str | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
+
+
+def add_loading_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that loads a checkpoint shares (``nima eval``, ``nima generate``):
+    ``--tokenizer``, ``--data_dir``, ``--device`` and ``--threads``."""
+    parser.add_argument(
+        "--tokenizer", help="tokenizer.json or prepared data folder (default: found from the checkpoint)"
+    )
+    parser.add_argument(
+        "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models)",
+    )
 
 
 def set_threads(threads: int | None) -> None:
