@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,59 @@ def test_train_then_resume(tmp_path: Path) -> None:
     assert "resuming at step 5" in second.stdout
     ckpt = torch.load(out / "checkpoints" / "step_8.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == 8
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_continues(tmp_path: Path) -> None:
+    # What a scheduler does before preempting a job: SIGTERM, then the same command again.
+    out = tmp_path / "run"
+    command = [sys.executable, "scripts/train.py", "--config", "configs/cpu_quick.yaml", "--resume",
+               "--training.max_steps=400", "--training.log_every=1", "--training.eval_every=0",
+               f"--training.output_dir={out}", *TINY]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = out / "logs" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.1)
+    job.send_signal(signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=120)
+    assert job.returncode == 128 + signal.SIGTERM, stderr
+    assert "starting afresh" in stdout and "stopped by SIGTERM at step" in stdout
+    saved = sorted((out / "checkpoints").glob("step_*.pt"))
+    assert len(saved) == 1
+    stopped_at = torch.load(saved[0], map_location="cpu", weights_only=True)["step"]
+    assert 3 <= stopped_at < 400
+
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming at step {stopped_at}" in again.stdout
+    assert (
+        torch.load(out / "checkpoints" / "step_400.pt", map_location="cpu", weights_only=True)["step"] == 400
+    )
+
+
+def test_newest_checkpoint_is_the_latest_written(tmp_path: Path) -> None:
+    assert cli.newest_checkpoint(tmp_path) is None
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for i, name in enumerate(["step_10.pt", "best_model.pt", "epoch_1.pt", "step_9.pt"]):
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, ns=(i * 10**9, i * 10**9))
+    # step_9.pt was written last (a run restarted from an earlier checkpoint); best_model never counts
+    assert cli.newest_checkpoint(tmp_path) == folder / "step_9.pt"
+
+
+def test_resume_and_checkpoint_together_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from nima.cli import main
+
+    assert main(["train", "--quick_test", "--resume", "--checkpoint", "x.pt"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: give either --checkpoint PATH or --resume (which finds the newest checkpoint)"
+    )
 
 
 @pytest.mark.slow

@@ -77,7 +77,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path) -> None:
 
 RESUME_WORKER = textwrap.dedent(
     """
-    import json, sys
+    import json, os, signal, sys
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -112,30 +112,49 @@ RESUME_WORKER = textwrap.dedent(
     def params(t):
         return torch.cat([p.detach().flatten() for p in t.raw_model.parameters()])
 
+    class SigtermOnRank1:
+        def on_step_end(self, trainer, metrics):
+            if ctx.rank == 1 and trainer.step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # only one rank hears it: both must stop
+
+    def max_diff(a, b):
+        diff = (params(a) - params(b)).abs().max()
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        return float(diff)
+
     straight = trainer(6, out + "/straight")
     straight.train()
     trainer(6, out + "/first", [StopAt(3)]).train()  # saves step_2 (and step_3), then stops
     resumed = trainer(6, out + "/resumed")
     resumed.load_checkpoint(out + "/first/checkpoints/step_2.pt")
     resumed.train()
-    diff = (params(straight) - params(resumed)).abs().max()
-    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    preempted = trainer(6, out + "/preempted", [SigtermOnRank1()])
+    preempted.train()
+    stopped = [preempted.step, int(preempted.stop_signal or 0)]
+    after = trainer(6, out + "/after")
+    after.load_checkpoint(out + "/preempted/checkpoints/step_3.pt")
+    after.train()
+    report = {"max_diff": max_diff(straight, resumed), "steps": resumed.step,
+              "preempted_at": stopped, "after_preemption_diff": max_diff(straight, after)}
     if ctx.rank == 0:
-        print("RESULT " + json.dumps({"max_diff": float(diff), "steps": resumed.step}))
+        print("RESULT " + json.dumps(report))
     cleanup()
     """
 )
 
 
 @pytest.mark.slow
-def test_two_process_resume_is_bit_exact(tmp_path: Path, session_data_dir: Path) -> None:
+def test_two_process_resume_and_preemption_are_bit_exact(tmp_path: Path, session_data_dir: Path) -> None:
     # With dropout on, each rank draws its own random stream; the checkpoint must hold every
     # rank's, or the resumed run drifts from the uninterrupted one.
     prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
     script = tmp_path / "resume_worker.py"
     script.write_text(RESUME_WORKER)
     report, _ = _torchrun(script, prepared.path, tmp_path / "out")
-    assert report == {"max_diff": 0.0, "steps": 6}
+    assert report["max_diff"] == 0.0 and report["steps"] == 6
+    # A SIGTERM seen by one rank stops both at the same step, with one checkpoint that resumes exactly.
+    assert report["preempted_at"] == [3, 15]
+    assert report["after_preemption_diff"] == 0.0
 
 
 FSDP_WORKER = textwrap.dedent(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +220,12 @@ def test_results_metrics_and_checkpoints(prepared, tmp_path: Path) -> None:
 
 
 def _resume_run(
-    prepared, tmp_path: Path, stop_at: int | None, resume_from: Path | None = None, model_seed: int = 0
+    prepared,
+    tmp_path: Path,
+    stop_at: int | None,
+    resume_from: Path | None = None,
+    model_seed: int = 0,
+    recorder: StepLosses | None = None,
 ):
     train = small_loader(prepared, batch_size=4, tokens=2000)  # 15 batches: an odd window ends each epoch
     val = small_loader(prepared, batch_size=8, tokens=600, shuffle=False, split="val")
@@ -231,7 +238,7 @@ def _resume_run(
         save_every=0,
         warmup_steps=5,
     )
-    recorder = StepLosses(stop_at=stop_at)
+    recorder = recorder or StepLosses(stop_at=stop_at)
     trainer = Trainer(
         tiny_model(prepared, seed=model_seed, dropout=0.1), cfg, train, val, callbacks=[recorder]
     )
@@ -270,6 +277,27 @@ def test_resume_with_mismatched_model_or_tokenizer_fails(prepared, tmp_path: Pat
     odd = Trainer(tiny_model(prepared), config(tmp_path, max_steps=1), train, tokenizer=OtherTokenizer())
     with pytest.raises(CheckpointError, match=r"tokenizer\.kind: checkpoint 'char', data 'byte'"):
         odd.load_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(prepared, tmp_path: Path) -> None:
+    class SigtermAt(StepLosses):
+        def on_step_end(self, trainer, metrics):
+            super().on_step_end(trainer, metrics)
+            if trainer.step == 7:
+                os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would; noted, not fatal
+
+    before = signal.getsignal(signal.SIGTERM)
+    _, straight = _resume_run(prepared, tmp_path / "straight", stop_at=None)
+    recorder = SigtermAt(stop_at=None)
+    first, _ = _resume_run(prepared, tmp_path / "split", stop_at=None, recorder=recorder)
+    assert signal.getsignal(signal.SIGTERM) is before  # the Trainer's handler is gone after train()
+    assert first.step == 7 and first.stop_signal == signal.SIGTERM
+    assert "stopped by SIGTERM at step 7" in first.stop_reason
+    path = first.checkpoint_dir / "step_7.pt"
+    assert path.is_file()
+    _, rest = _resume_run(prepared, tmp_path / "split", stop_at=None, resume_from=path, model_seed=123)
+    assert {**recorder.losses, **rest} == straight
 
 
 def test_resume_from_another_world_size_warns_that_randomness_restarts(prepared, tmp_path: Path) -> None:

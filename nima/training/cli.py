@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import sysconfig
 import textwrap
@@ -21,6 +22,7 @@ import torch
 
 from nima.config import RunConfig, known_keys, parse_overrides
 from nima.errors import ConfigError, DataError
+from nima.training.checkpoint import step_checkpoints
 
 # The quick recipe: a small char-level model that reaches a validation loss below 2.3 on tiny
 # Shakespeare within about a minute on a 2-core CPU (configs/cpu_quick.yaml is the same).
@@ -102,7 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         help="resume from this checkpoint (model, optimizer, schedule, data position and RNG state)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from the newest step_N.pt / epoch_N.pt in <training.output_dir>/checkpoints if "
+        "there is one, else start afresh: the same command restarts a preempted or killed job",
+    )
     return parser
+
+
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The most recently written ``step_N.pt`` or ``epoch_N.pt`` under ``output_dir/checkpoints``."""
+    folder = Path(output_dir) / "checkpoints"
+    found = [*step_checkpoints(folder, "step"), *step_checkpoints(folder, "epoch")]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
 def load_run_config(config_path: str | None, quick_test: bool, overrides: list[str]) -> RunConfig:
@@ -232,7 +247,9 @@ def print_sample(model: Any, tokenizer: Any, device: torch.device, max_new_token
     return text
 
 
-def run_training(run: RunConfig, checkpoint: str | None = None, quick_test: bool = False) -> dict[str, Any]:
+def run_training(
+    run: RunConfig, checkpoint: str | Path | None = None, quick_test: bool = False
+) -> dict[str, Any]:
     """Everything ``nima train`` does, as a function (returns the Trainer's results)."""
     from nima.distributed import barrier, cleanup, init_distributed
     from nima.models import create_model
@@ -289,6 +306,8 @@ def _print_summary(results: dict[str, Any], total_s: float) -> None:
     print("; ".join(parts), flush=True)
     if results.get("last_checkpoint"):
         print(f"checkpoint: {results['last_checkpoint']}", flush=True)
+    if results.get("stop_signal"):
+        print("to continue: run the same command with --resume", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,5 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     overrides = parse_overrides(rest)
     run = load_run_config(args.config, args.quick_test, overrides)
-    run_training(run, checkpoint=args.checkpoint, quick_test=args.quick_test)
+    checkpoint = args.checkpoint
+    if args.resume and checkpoint:
+        raise ConfigError("give either --checkpoint PATH or --resume (which finds the newest checkpoint)")
+    if args.resume:
+        checkpoint = newest_checkpoint(run.training.output_dir)
+        if checkpoint is None:
+            print(f"--resume: no checkpoint in {run.training.output_dir}/checkpoints yet; starting afresh")
+    results = run_training(run, checkpoint=checkpoint, quick_test=args.quick_test)
+    if results.get("stop_signal"):  # preempted: saved, and the exit status says why it stopped
+        return 128 + signal.Signals[results["stop_signal"]].value
     return 0
