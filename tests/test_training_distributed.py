@@ -180,7 +180,7 @@ FSDP_WORKER = textwrap.dedent(
                                 tokenizer_identity=data.tokenizer.identity(), prepared_path=data.path)
         loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True,
                                    seed=0, rank=ctx.rank, world_size=ctx.world_size)
-        torch.manual_seed(0)  # FSDP needs the same initial weights on every rank
+        torch.manual_seed(100 + ctx.rank)  # different weights per rank: both strategies start from rank 0's
         model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
                                          n_layers=2, d_ff=64, max_seq_len=32, dropout=0.1))
         cfg = TrainingConfig(max_steps=4, batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,

@@ -139,8 +139,8 @@ def wrap_model(
     """Make ``model`` data-parallel when running multi-process (else return it as it is).
 
     ``ddp``: DistributedDataParallel, which broadcasts rank 0's parameters at construction so all
-    ranks start identical. ``fsdp``: FSDP2 applied in place (returns ``model`` itself, sharded);
-    every rank must then hold the same initial weights (seed the model's creation identically).
+    ranks start identical. ``fsdp``: FSDP2 applied in place (returns ``model`` itself, sharded),
+    after the same broadcast of rank 0's weights.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"distributed strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

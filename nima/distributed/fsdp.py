@@ -28,10 +28,17 @@ def _fully_shard():
 
 
 def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Apply FSDP2 to ``model`` in place (every block in ``model.blocks``, then the root)."""
+    """Apply FSDP2 to ``model`` in place (every block in ``model.blocks``, then the root).
+
+    Rank 0's parameters and buffers are broadcast first, so that, as with DDP, every rank starts
+    from the same weights however each one created its model.
+    """
     from torch.distributed.device_mesh import init_device_mesh
 
     fully_shard = _fully_shard()
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor, src=0)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in getattr(model, "blocks", ()):
         fully_shard(block, mesh=mesh)
