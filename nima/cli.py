@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("nima.training.cli", "train a model from a YAML config (with --section.key=value overrides)"),
     "eval": ("nima.evaluation.cli", "evaluate a checkpoint: loss, perplexity, bits per byte"),
     "generate": ("nima.inference.cli", "generate text from a checkpoint"),
+    "export": ("nima.interop.cli", "write a checkpoint as a Hugging Face transformers model folder"),
 }
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,84 @@
+"""``nima export``: write a checkpoint as a Hugging Face ``transformers`` model folder.
+
+The folder is written next to its destination under a temporary name and renamed into place when
+complete, so an interrupted export never leaves a half-written model, and an existing folder is
+replaced only with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from nima.errors import ConfigError
+from nima.inference.loading import describe_identity, load_for_inference
+from nima.interop.huggingface import export_huggingface
+
+EXAMPLES = """examples:
+  nima export --checkpoint experiments/checkpoints/best_model.pt --out experiments/hf_model
+  python -c "from transformers import AutoModelForCausalLM, AutoTokenizer; \\
+             m = AutoModelForCausalLM.from_pretrained('experiments/hf_model'); \\
+             t = AutoTokenizer.from_pretrained('experiments/hf_model')"
+"""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises a one-line ConfigError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see `nima export --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(
+        prog="nima export",
+        description="Write a checkpoint (model and tokenizer) as a Hugging Face transformers folder: "
+        "config.json, model.safetensors, tokenizer.json. gpt2 models become GPT2LMHeadModel, llama "
+        "models LlamaForCausalLM (Qwen3ForCausalLM with qk_norm).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) written by training")
+    p.add_argument("--out", required=True, type=Path, help="folder to write (created)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    p.add_argument(
+        "--tokenizer", help="tokenizer.json or prepared data folder (default: found from the checkpoint)"
+    )
+    p.add_argument(
+        "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
+    )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``nima export``; returns the exit code (user errors raise NimaError)."""
+    args = build_parser().parse_args(argv)
+    out: Path = args.out
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out or add --overwrite")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a folder; choose another --out")
+    loaded = load_for_inference(
+        args.checkpoint, tokenizer=args.tokenizer, device="cpu", data_dir=args.data_dir
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        export_huggingface(loaded.model, staging, loaded.tokenizer)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+    print(
+        f"wrote {out}: {arch}, {loaded.model.num_parameters() / 1e6:.2f}M parameters, "
+        f"{describe_identity(loaded.tokenizer.identity())}",
+        file=sys.stderr,
+    )
+    return 0

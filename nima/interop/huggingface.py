@@ -1,0 +1,221 @@
+"""Export a Nima model (and its tokenizer) as a Hugging Face ``transformers`` model folder.
+
+The folder holds ``config.json``, ``model.safetensors``, ``generation_config.json`` and, with a
+tokenizer, ``tokenizer.json`` + ``tokenizer_config.json``; ``AutoModelForCausalLM.from_pretrained``
+and ``AutoTokenizer.from_pretrained`` load it and give the same logits and token ids as Nima.
+
+- gpt2 family -> ``GPT2LMHeadModel`` (exact erf GELU, ``activation_function: gelu``; Conv1D
+  weights are the transposes of Nima's Linear weights; a bias-free model gets zero biases).
+- llama family -> ``LlamaForCausalLM`` (the fused qkv and gate/up projections are split; both use
+  the same "rotate half" RoPE layout), or ``Qwen3ForCausalLM`` when ``qk_norm`` is on.
+
+Writing the folder needs only ``safetensors``; ``transformers`` is needed to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nima.errors import ConfigError
+from nima.models import GPT, ModelConfig
+
+
+def export_huggingface(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Path:
+    """Write ``model`` (and ``tokenizer``, when given) to ``out_dir`` in the ``transformers`` layout."""
+    from safetensors.torch import save_file
+
+    config = model.config
+    if config.arch == "gpt2":
+        hf_config, weights = _gpt2(model)
+    else:
+        hf_config, weights = _llama(model)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    hf_config.update(
+        vocab_size=config.vocab_size,
+        tie_word_embeddings=config.tie_embeddings,
+        torch_dtype="float32",
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.tie_embeddings:  # safetensors stores each tensor once: the head is re-tied on load
+        weights.pop("lm_head.weight")
+    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in weights.items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(out / "config.json", hf_config)
+    _write_json(out / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos})
+    if tokenizer is not None:
+        export_tokenizer(tokenizer, out, model_max_length=config.max_seq_len)
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _gpt2(model: GPT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    config: ModelConfig = model.config
+    if config.qk_norm or config.kv_heads != config.n_heads:
+        raise ConfigError(
+            "transformers' GPT-2 has no qk_norm and no grouped-query attention; export a model "
+            "without them, or use the llama family"
+        )
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_embd": config.d_model,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": config.ff_dim,
+        "n_positions": config.max_seq_len,
+        "activation_function": "gelu",
+        "layer_norm_epsilon": config.norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+    }
+
+    def bias(linear_or_norm: torch.nn.Module, size: int) -> torch.Tensor:
+        found = getattr(linear_or_norm, "bias", None)
+        return found if found is not None else torch.zeros(size)
+
+    d = config.d_model
+    weights = {
+        "transformer.wte.weight": model.tok_emb.weight,
+        "transformer.wpe.weight": model.pos_emb.weight,
+        "transformer.ln_f.weight": model.norm_f.weight,
+        "transformer.ln_f.bias": bias(model.norm_f, d),
+        "lm_head.weight": model.lm_head.weight,
+    }
+    for i, block in enumerate(model.blocks):
+        p = f"transformer.h.{i}."
+        attn, mlp = block.attn, block.mlp
+        weights.update({
+            p + "ln_1.weight": block.norm1.weight,
+            p + "ln_1.bias": bias(block.norm1, d),
+            p + "attn.c_attn.weight": attn.qkv.weight.t(),  # Conv1D: (in, out)
+            p + "attn.c_attn.bias": bias(attn.qkv, 3 * d),
+            p + "attn.c_proj.weight": attn.proj.weight.t(),
+            p + "attn.c_proj.bias": bias(attn.proj, d),
+            p + "ln_2.weight": block.norm2.weight,
+            p + "ln_2.bias": bias(block.norm2, d),
+            p + "mlp.c_fc.weight": mlp.fc.weight.t(),
+            p + "mlp.c_fc.bias": bias(mlp.fc, config.ff_dim),
+            p + "mlp.c_proj.weight": mlp.proj.weight.t(),
+            p + "mlp.c_proj.bias": bias(mlp.proj, d),
+        })  # fmt: skip
+    return hf_config, weights
+
+
+def _llama(model: GPT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    config: ModelConfig = model.config
+    qwen3 = config.qk_norm
+    if qwen3 and config.use_bias:
+        raise ConfigError(
+            "transformers' Qwen3 (the llama family with qk_norm) has no MLP biases; export a "
+            "qk_norm model trained with bias: false"
+        )
+    hf_config = {
+        "architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen3 else "llama",
+        "hidden_size": config.d_model,
+        "intermediate_size": config.ff_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "hidden_act": "silu",
+        "attention_bias": config.use_bias,
+        "attention_dropout": config.dropout,
+        "mlp_bias": config.use_bias,
+    }
+    q, kv = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
+    weights = {
+        "model.embed_tokens.weight": model.tok_emb.weight,
+        "model.norm.weight": model.norm_f.weight,
+        "lm_head.weight": model.lm_head.weight,
+    }
+    for i, block in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        attn, mlp = block.attn, block.mlp
+        q_w, k_w, v_w = attn.qkv.weight.split([q, kv, kv])
+        gate_w, up_w = mlp.fc.weight.chunk(2)  # SwiGLU computes silu(gate) * up from one matmul
+        weights.update({
+            p + "input_layernorm.weight": block.norm1.weight,
+            p + "post_attention_layernorm.weight": block.norm2.weight,
+            p + "self_attn.q_proj.weight": q_w,
+            p + "self_attn.k_proj.weight": k_w,
+            p + "self_attn.v_proj.weight": v_w,
+            p + "self_attn.o_proj.weight": attn.proj.weight,
+            p + "mlp.gate_proj.weight": gate_w,
+            p + "mlp.up_proj.weight": up_w,
+            p + "mlp.down_proj.weight": mlp.proj.weight,
+        })  # fmt: skip
+        if config.use_bias:
+            q_b, k_b, v_b = attn.qkv.bias.split([q, kv, kv])
+            gate_b, up_b = mlp.fc.bias.chunk(2)
+            weights.update({
+                p + "self_attn.q_proj.bias": q_b,
+                p + "self_attn.k_proj.bias": k_b,
+                p + "self_attn.v_proj.bias": v_b,
+                p + "self_attn.o_proj.bias": attn.proj.bias,
+                p + "mlp.gate_proj.bias": gate_b,
+                p + "mlp.up_proj.bias": up_b,
+                p + "mlp.down_proj.bias": mlp.proj.bias,
+            })  # fmt: skip
+        if qwen3:
+            weights[p + "self_attn.q_norm.weight"] = attn.q_norm.weight
+            weights[p + "self_attn.k_norm.weight"] = attn.k_norm.weight
+    return hf_config, weights
+
+
+def export_tokenizer(tokenizer: Any, out_dir: str | Path, model_max_length: int | None = None) -> Path:
+    """Write ``tokenizer.json`` (Hugging Face ``tokenizers`` format) and ``tokenizer_config.json``.
+
+    BPE tokenizers are ``tokenizers`` objects already; char and byte tokenizers become a BPE model
+    without merges over the same vocabulary (so every character, or byte, is one token with the
+    same id as in Nima).
+    """
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from nima.data.tokenizer import EOT_TEXT, _byte_level_alphabet
+
+    kind = getattr(tokenizer, "kind", None)
+    eos = tokenizer.eos_token_id
+    if kind == "bpe":
+        hf = HFTokenizer.from_str(tokenizer.hf_tokenizer.to_str())
+    elif kind == "char":
+        hf = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(tokenizer.chars)}, merges=[]))
+        hf.decoder = decoders.Fuse()
+    elif kind == "byte":
+        alphabet = {ch: b for ch, b in _byte_level_alphabet().items()}
+        hf = HFTokenizer(models.BPE(vocab=alphabet, merges=[]))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        hf.decoder = decoders.ByteLevel()
+    else:
+        raise ConfigError(f"cannot export a tokenizer of kind {kind!r} (expected char, byte or bpe)")
+    if eos is not None and kind != "bpe":  # the BPE tokenizer already has it, at its own id
+        hf.add_special_tokens([AddedToken(EOT_TEXT, special=True)])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save(str(out / "tokenizer.json"))
+    settings: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+    }
+    if eos is not None:
+        settings.update(eos_token=EOT_TEXT, bos_token=EOT_TEXT)
+    if model_max_length is not None:
+        settings["model_max_length"] = model_max_length
+    _write_json(out / "tokenizer_config.json", settings)
+    return out
