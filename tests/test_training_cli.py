@@ -107,6 +107,25 @@ def test_sigterm_saves_and_resume_continues(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "rank, local_rank, turn",
+    [(0, 0, 0), (1, 1, 2), (4, 0, 1), (5, 1, 2)],  # 4 processes per node: rank 4 opens node 2
+)
+def test_data_is_prepared_once_per_node_rank_0_first(
+    monkeypatch: pytest.MonkeyPatch, rank: int, local_rank: int, turn: int
+) -> None:
+    from nima.distributed import DistributedContext
+
+    events: list[str] = []
+    monkeypatch.setattr(cli, "prepare_data", lambda *a, **k: events.append("prepare") or "prepared")
+    monkeypatch.setattr("nima.distributed.barrier", lambda: events.append("barrier"))
+    ctx = DistributedContext(rank=rank, local_rank=local_rank, world_size=8)
+    assert cli.prepare_data_once_per_node(None, ctx, allow_fallback=False) == "prepared"
+    expected = ["barrier", "barrier", "barrier"]
+    expected.insert(turn, "prepare")  # every process prepares once, in its turn between the barriers
+    assert events == expected
+
+
 def test_newest_checkpoint_is_the_latest_written(tmp_path: Path) -> None:
     assert cli.newest_checkpoint(tmp_path) is None
     folder = tmp_path / "checkpoints"

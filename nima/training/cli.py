@@ -187,6 +187,20 @@ def prepare_data(run: RunConfig, allow_fallback: bool, say=print):
         return prepare(str(corpus), data.tokenizer, vocab_size=vocab_size, **kwargs)
 
 
+def prepare_data_once_per_node(run: RunConfig, ctx: Any, allow_fallback: bool, say=print):
+    """:func:`prepare_data` under torchrun without duplicated work: rank 0 prepares first; then the
+    first process of every other node (which reuses rank 0's result on a shared file system, and
+    prepares its own copy otherwise); then everyone else reuses their node's."""
+    from nima.distributed import barrier
+
+    prepared = None
+    for turn in (ctx.is_main, ctx.local_rank == 0 and not ctx.is_main, ctx.local_rank != 0):
+        if turn:
+            prepared = prepare_data(run, allow_fallback=allow_fallback, say=say)
+        barrier()
+    return prepared
+
+
 def fit_vocab_size(run: RunConfig, tokenizer: Any, say=print) -> RunConfig:
     """Make model.vocab_size match the tokenizer (with one warning when it did not)."""
     if run.model.vocab_size == tokenizer.vocab_size:
@@ -251,7 +265,7 @@ def run_training(
     run: RunConfig, checkpoint: str | Path | None = None, quick_test: bool = False
 ) -> dict[str, Any]:
     """Everything ``nima train`` does, as a function (returns the Trainer's results)."""
-    from nima.distributed import barrier, cleanup, init_distributed
+    from nima.distributed import cleanup, init_distributed
     from nima.models import create_model
     from nima.training.trainer import Trainer
 
@@ -265,11 +279,7 @@ def run_training(
     ctx = init_distributed(device_kind)
     say = print if ctx.is_main else (lambda *a, **k: None)
     try:
-        if ctx.is_main:
-            prepared = prepare_data(run, allow_fallback=quick_test, say=say)
-        barrier()
-        if not ctx.is_main:
-            prepared = prepare_data(run, allow_fallback=quick_test, say=say)  # reuses rank 0's result
+        prepared = prepare_data_once_per_node(run, ctx, allow_fallback=quick_test, say=say)
         say(
             f"data: {prepared.path} ({prepared.meta.get('train_tokens', '?')} train tokens, "
             f"{prepared.tokenizer.kind} tokenizer, vocab {prepared.tokenizer.vocab_size})"
