@@ -86,7 +86,7 @@ RESUME_WORKER = textwrap.dedent(
     from nima.models import ModelConfig, create_model
     from nima.training import Trainer, TrainingConfig
 
-    prepared_path, out = sys.argv[1], sys.argv[2]
+    prepared_path, out, strategy = sys.argv[1], sys.argv[2], sys.argv[3]
     ctx = init_distributed("cpu")
     data = load_prepared(prepared_path)
 
@@ -106,11 +106,13 @@ RESUME_WORKER = textwrap.dedent(
         model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
                                          n_layers=1, d_ff=64, max_seq_len=32, dropout=0.3))
         cfg = TrainingConfig(max_steps=max_steps, batch_size=4, learning_rate=1e-2, output_dir=folder,
-                             eval_every=0, save_every=2, log_every=1, progress_bar=False)
+                             eval_every=0, save_every=2, log_every=1, progress_bar=False,
+                             distributed_strategy=strategy)
         return Trainer(model, cfg, loader, None, callbacks=callbacks)
 
     def params(t):
-        return torch.cat([p.detach().flatten() for p in t.raw_model.parameters()])
+        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in t.raw_model.parameters()]
+        return torch.cat([p.detach().flatten() for p in full])
 
     class SigtermOnRank1:
         def on_step_end(self, trainer, metrics):
@@ -144,13 +146,16 @@ RESUME_WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_two_process_resume_and_preemption_are_bit_exact(tmp_path: Path, session_data_dir: Path) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_resume_and_preemption_are_bit_exact(
+    strategy: str, tmp_path: Path, session_data_dir: Path
+) -> None:
     # With dropout on, each rank draws its own random stream; the checkpoint must hold every
     # rank's, or the resumed run drifts from the uninterrupted one.
     prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
     script = tmp_path / "resume_worker.py"
     script.write_text(RESUME_WORKER)
-    report, _ = _torchrun(script, prepared.path, tmp_path / "out")
+    report, _ = _torchrun(script, prepared.path, tmp_path / "out", strategy)
     assert report["max_diff"] == 0.0 and report["steps"] == 6
     # A SIGTERM seen by one rank stops both at the same step, with one checkpoint that resumes exactly.
     assert report["preempted_at"] == [3, 15]
@@ -233,12 +238,12 @@ def test_fsdp_matches_ddp_and_resumes_exactly(tmp_path: Path, session_data_dir: 
     assert report["ddp_resumed_from_fsdp_vs_ddp"] < 1e-5
 
 
-def _torchrun(script: Path, prepared: Path, out: Path) -> tuple[dict, str]:
+def _torchrun(script: Path, prepared: Path, out: Path, *extra: str) -> tuple[dict, str]:
     """Run ``script`` on 2 CPU processes; returns rank 0's ``RESULT`` JSON and the whole stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [*command, str(script), str(prepared), str(out)],
+        [*command, str(script), str(prepared), str(out), *extra],
         cwd=script.parent,
         env=env,
         capture_output=True,
