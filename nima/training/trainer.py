@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,7 @@ from nima.training.config import TrainingConfig
 from nima.training.mfu import mfu, peak_flops_for
 from nima.training.optimizers import get_optimizer
 from nima.training.precision import PrecisionChoice, bf16_faster_on_cpu, choose_precision
+from nima.training.preemption import StopSignal
 from nima.training.schedulers import get_scheduler
 
 IGNORE_INDEX = -100
@@ -209,7 +208,7 @@ class Trainer:
         self.last_val_loss: float | None = None
         self.should_stop = False
         self.stop_reason: str | None = None
-        self.stop_signal: int | None = None
+        self._stop = StopSignal()
         self.progress: ProgressPrinter | None = None
         self._iter: Iterator | None = None
         self._exhausted = False
@@ -329,8 +328,7 @@ class Trainer:
         cfg = self.config
         self.should_stop = False
         self.stop_reason = None
-        self.stop_signal = None
-        restore_handlers = self._catch_stop_signals()
+        self._stop.install()
         start_step, start_tokens = self.step, self.tokens_seen
         self.progress = self._make_progress()
         self._announce()
@@ -385,17 +383,18 @@ class Trainer:
                     last_checkpoint = saved or last_checkpoint
                     if cfg.max_steps is None and self.epoch >= cfg.num_epochs:
                         break
-                if self._stop_signal_agreed():
-                    name = signal.Signals(self.stop_signal).name
+                if self._stop.agreed(self.step, cfg.log_every, self.device):
                     self.should_stop = True
-                    self.stop_reason = f"stopped by {name} at step {self.step}; resume from the checkpoint"
+                    self.stop_reason = (
+                        f"stopped by {self._stop.name} at step {self.step}; resume from the checkpoint"
+                    )
             # Final evaluation (not when preempted: time is short) and checkpoint, unless this very
             # step already had them.
             if (
                 self.eval_dataloader is not None
                 and last_eval_step != self.step
                 and self.step > start_step
-                and self.stop_signal is None
+                and self._stop.signum is None
             ):
                 t0 = time.perf_counter()
                 val = self.evaluate()
@@ -418,7 +417,7 @@ class Trainer:
                 self._say(f"interrupted at step {self.step}; saved {path} (resume with --checkpoint {path})")
             raise
         finally:
-            restore_handlers()
+            self._stop.uninstall()
             wall = time.perf_counter() - wall_start
         tokens = self.tokens_seen - start_tokens
         train_s = max(wall - self._overhead_s, 1e-9)
@@ -440,7 +439,7 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "last_checkpoint": str(last_checkpoint) if last_checkpoint else None,
             "output_dir": str(self.output_dir),
-            "stop_signal": signal.Signals(self.stop_signal).name if self.stop_signal else None,
+            "stop_signal": self._stop.name,
         }
         if self.stop_reason:
             self._say(self.stop_reason)
@@ -450,27 +449,10 @@ class Trainer:
             self.progress.close()
         return results
 
-    def _catch_stop_signals(self) -> Callable[[], None]:
-        """Note SIGTERM instead of dying on it; returns what puts the previous handler back."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None  # Python delivers signals to the main thread only
-
-        def note(signum: int, frame: Any) -> None:
-            self.stop_signal = signum
-
-        previous = signal.signal(signal.SIGTERM, note)
-        return lambda: signal.signal(signal.SIGTERM, previous)
-
-    def _stop_signal_agreed(self) -> bool:
-        """Whether to stop for a signal now; all ranks decide together, at logging steps."""
-        if not self.dist.enabled:
-            return self.stop_signal is not None
-        if self.step % self.config.log_every:
-            return False
-        flag = torch.tensor([self.stop_signal or 0], dtype=torch.int64, device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.stop_signal = int(flag.item()) or None
-        return self.stop_signal is not None
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal (``signal.SIGTERM``) that stopped the last ``train()``, if one did."""
+        return self._stop.signum
 
     def _next_window(self) -> list[Any]:
         """Up to gradient_accumulation_steps micro-batches, never crossing an epoch boundary."""
