@@ -368,3 +368,28 @@ def test_tensorboard_logger_without_the_package_is_a_clear_error() -> None:
             TensorBoardLogger("unused")
     else:
         pytest.skip("tensorboard is installed here")
+
+
+def test_stop_signal_notes_sigterm_only_while_installed() -> None:
+    import os
+    import signal
+    import threading
+
+    from nima.training.preemption import StopSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopSignal()
+    stop.install()
+    os.kill(os.getpid(), signal.SIGTERM)  # noted, not fatal
+    assert stop.signum == signal.SIGTERM and stop.name == "SIGTERM"
+    assert stop.agreed(step=1, every=10, device=torch.device("cpu"))  # single process: at once
+    stop.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    # Outside the main thread Python cannot install handlers: installing is then a no-op.
+    elsewhere = StopSignal()
+    worker = threading.Thread(target=elsewhere.install)
+    worker.start()
+    worker.join()
+    assert signal.getsignal(signal.SIGTERM) is before and elsewhere.signum is None
+    elsewhere.uninstall()
