@@ -13,12 +13,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nima.cli import main
 from nima.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer
 from nima.errors import ConfigError
-from nima.interop import export_huggingface, export_tokenizer
+from nima.interop import export_huggingface, export_tokenizer, import_huggingface
 from nima.models import GPT, ModelConfig
 
 FAMILIES = {
     "gpt2": ({"arch": "gpt2"}, "GPT2LMHeadModel"),
-    "gpt2 untied, no biases": ({"arch": "gpt2", "bias": False, "tie_embeddings": False}, "GPT2LMHeadModel"),
+    "gpt2 untied, no biases, tanh GELU": (
+        {"arch": "gpt2", "bias": False, "tie_embeddings": False, "activation": "gelu_tanh"},
+        "GPT2LMHeadModel",
+    ),
     "llama with grouped-query attention": ({"arch": "llama", "n_kv_heads": 2}, "LlamaForCausalLM"),
     "llama with biases": ({"arch": "llama", "bias": True}, "LlamaForCausalLM"),
     "llama with qk_norm": ({"arch": "llama", "qk_norm": True, "n_kv_heads": 1}, "Qwen3ForCausalLM"),
@@ -47,6 +50,48 @@ def test_transformers_gives_the_same_logits(family: str, tmp_path: Path) -> None
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=0, atol=2e-5)
     assert sum(p.numel() for p in hf.parameters()) >= model.num_parameters()
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=list(FAMILIES))
+def test_export_then_import_gives_back_the_same_model_and_tokenizer(family: str, tmp_path: Path) -> None:
+    model = _model(**FAMILIES[family][0])
+    tokenizer = CharTokenizer("abcdefghij klmnop\n", with_eot=True)
+    export_huggingface(model, tmp_path, tokenizer)
+    again, again_tokenizer = import_huggingface(tmp_path)
+    ids = torch.randint(0, 70, (2, 32))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+    assert again.config.act == model.config.act and again.config.kv_heads == model.config.kv_heads
+    assert isinstance(again_tokenizer, CharTokenizer) and again_tokenizer.to_dict() == tokenizer.to_dict()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_import_of_models_saved_by_transformers(family: str, tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":  # OpenAI's GPT-2 settings: tanh-approximate GELU ("gelu_new")
+        hf = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=64, n_embd=48, n_layer=2, n_head=4))
+    else:
+        hf = LlamaForCausalLM(
+            LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        )  # fmt: skip
+    hf.eval().save_pretrained(tmp_path)
+    model, tokenizer = import_huggingface(tmp_path)
+    assert model.config.act == ("gelu_tanh" if family == "gpt2" else "silu") and tokenizer is None
+    ids = torch.randint(0, 100, (2, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, hf(ids).logits, rtol=0, atol=2e-5)
+
+
+def test_import_refuses_what_it_cannot_read_safely(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a Hugging Face model folder"):
+        import_huggingface(tmp_path)
+    export_huggingface(_model(arch="gpt2"), tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"pickled weights \(pytorch_model.bin\) are not loaded"):
+        import_huggingface(tmp_path)
 
 
 def test_unsupported_combinations_are_refused(tmp_path: Path) -> None:

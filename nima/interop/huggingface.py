@@ -1,4 +1,4 @@
-"""Export a Nima model (and its tokenizer) as a Hugging Face ``transformers`` model folder.
+"""Hugging Face ``transformers`` model folders: export a Nima model (and tokenizer), import one.
 
 The folder holds ``config.json``, ``model.safetensors``, ``generation_config.json`` and, with a
 tokenizer, ``tokenizer.json`` + ``tokenizer_config.json``; ``AutoModelForCausalLM.from_pretrained``
@@ -10,6 +10,9 @@ and ``AutoTokenizer.from_pretrained`` load it and give the same logits and token
   the same "rotate half" RoPE layout), or ``Qwen3ForCausalLM`` when ``qk_norm`` is on.
 
 Writing the folder needs only ``safetensors``; ``transformers`` is needed to load it.
+:func:`import_huggingface` reads such a folder back, or one of ``transformers``' own GPT-2, Llama
+or Qwen3 models saved as safetensors (OpenAI's GPT-2 included: ``activation: gelu_tanh``), without
+``transformers`` and without unpickling anything.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def _gpt2(model: GPT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         "n_head": config.n_heads,
         "n_inner": config.ff_dim,
         "n_positions": config.max_seq_len,
-        "activation_function": "gelu",
+        "activation_function": "gelu" if config.act == "gelu" else "gelu_pytorch_tanh",
         "layer_norm_epsilon": config.norm_eps,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
@@ -217,5 +220,162 @@ def export_tokenizer(tokenizer: Any, out_dir: str | Path, model_max_length: int 
         settings.update(eos_token=EOT_TEXT, bos_token=EOT_TEXT)
     if model_max_length is not None:
         settings["model_max_length"] = model_max_length
+    settings["nima_tokenizer"] = tokenizer.to_dict()  # import_huggingface restores it exactly
     _write_json(out / "tokenizer_config.json", settings)
     return out
+
+
+# --- import ----------------------------------------------------------------------------------
+
+_GELUS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+
+def import_huggingface(folder: str | Path) -> tuple[GPT, Any]:
+    """Load a ``transformers`` GPT-2, Llama or Qwen3 folder as a Nima ``GPT`` (in eval mode).
+
+    Returns ``(model, tokenizer)``; the tokenizer is None unless the folder's ``tokenizer.json``
+    is byte-level BPE (GPT-2's kind) or one that :func:`export_tokenizer` wrote.
+    """
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    hf = json.loads(config_path.read_text(encoding="utf-8"))
+    model_type = hf.get("model_type")
+    if model_type == "gpt2":
+        config = _gpt2_config(hf)
+    elif model_type in ("llama", "qwen3"):
+        config = _llama_config(hf, qk_norm=model_type == "qwen3")
+    else:
+        raise ConfigError(f"{folder}: model_type {model_type!r} cannot be imported (gpt2, llama or qwen3)")
+    model = GPT(config)
+    weights = _read_safetensors(folder)
+    _, exported = (_gpt2 if config.arch == "gpt2" else _llama)(model)
+    state = {}
+    for nima_name, hf_name, part in _name_map(model, exported):
+        if hf_name == "lm_head.weight" and config.tie_embeddings:
+            continue  # the same tensor as the token embedding
+        if hf_name not in weights:
+            if part.get("zeros"):  # a bias that the export filled with zeros and Nima does not have
+                continue
+            raise ConfigError(f"{folder}: the weights have no {hf_name}")
+        tensor = weights[hf_name].float()
+        state.setdefault(nima_name, []).append((part["index"], part["transpose"], tensor))
+    model_state = model.state_dict()
+    loaded = {}
+    for name, pieces in state.items():
+        pieces.sort(key=lambda p: p[0])
+        tensors = [t.t() if transpose else t for _, transpose, t in pieces]
+        loaded[name] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+        got, want = tuple(loaded[name].shape), tuple(model_state[name].shape)
+        if got != want:
+            raise ConfigError(f"{folder}: {name} has shape {got}, expected {want}")
+    if config.tie_embeddings:
+        loaded["lm_head.weight"] = loaded["tok_emb.weight"]
+    model.load_state_dict(loaded, strict=True)
+    return model.eval(), _import_tokenizer(folder)
+
+
+def _gpt2_config(hf: dict[str, Any]) -> ModelConfig:
+    act = hf.get("activation_function", "gelu_new")
+    if act not in _GELUS:
+        raise ConfigError(f"GPT-2 activation_function {act!r} has no Nima equivalent ({', '.join(_GELUS)})")
+    d_model = hf["n_embd"]
+    return ModelConfig(
+        arch="gpt2",
+        vocab_size=hf["vocab_size"],
+        d_model=d_model,
+        n_heads=hf["n_head"],
+        n_layers=hf["n_layer"],
+        d_ff=hf.get("n_inner") or 4 * d_model,
+        max_seq_len=hf["n_positions"],
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        activation=_GELUS[act],
+        bias=True,
+    )
+
+
+def _llama_config(hf: dict[str, Any], qk_norm: bool) -> ModelConfig:
+    rope = hf.get("rope_parameters") or {}
+    if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        raise ConfigError("rope scaling (long-context variants) cannot be imported; plain RoPE only")
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("use_sliding_window"):
+        raise ConfigError("only SiLU (SwiGLU) models without sliding-window attention can be imported")
+    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim", d_model // n_heads) * n_heads != d_model:
+        raise ConfigError("head_dim * num_attention_heads must equal hidden_size to import the model")
+    if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
+        raise ConfigError("attention and MLP biases must both be on or both off to import the model")
+    return ModelConfig(
+        arch="llama",
+        vocab_size=hf["vocab_size"],
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads", n_heads),
+        n_layers=hf["num_hidden_layers"],
+        d_ff=hf["intermediate_size"],
+        max_seq_len=hf["max_position_embeddings"],
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        bias=bool(hf.get("attention_bias", False)),
+        qk_norm=qk_norm,
+    )
+
+
+def _name_map(model: GPT, exported: dict[str, torch.Tensor]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(nima name, hf name, how) for every exported tensor: the export's own mapping, read back.
+
+    The export returns views of Nima's tensors (slices, transposes); matching them by storage and
+    offset tells which Nima parameter and which piece of it each Hugging Face tensor is.
+    """
+    by_storage = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        by_storage.setdefault(tensor.untyped_storage().data_ptr(), name)
+    out = []
+    for hf_name, view in exported.items():
+        name = by_storage.get(view.untyped_storage().data_ptr())
+        if name is None:  # a zero bias made up for a bias-free Nima layer
+            out.append(("", hf_name, {"zeros": True}))
+            continue
+        transpose = view.dim() == 2 and not view.is_contiguous()
+        out.append((name, hf_name, {"index": view.storage_offset(), "transpose": transpose}))
+    return out
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise ConfigError(
+            f"{folder} has no model.safetensors; pickled weights (pytorch_model.bin) are not loaded, "
+            "re-save them with save_pretrained(..., safe_serialization=True)"
+        )
+    weights: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        weights.update(load_file(str(folder / shard)))
+    return weights
+
+
+def _import_tokenizer(folder: Path) -> Any:
+    from nima.data.tokenizer import BPETokenizer, tokenizer_from_dict
+
+    settings_path = folder / "tokenizer_config.json"
+    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+    if "nima_tokenizer" in settings:  # written by export_tokenizer: the exact original
+        return tokenizer_from_dict(settings["nima_tokenizer"], source=str(settings_path))
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer.from_file(str(path))
+    if type(hf.pre_tokenizer).__name__ != "ByteLevel":
+        return None  # not byte-level BPE: Nima's tokenizers cannot stand in for it
+    return BPETokenizer(hf)

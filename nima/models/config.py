@@ -4,11 +4,12 @@ Every field has a default and a docstring. ``__post_init__`` checks types, range
 and raises :class:`~nima.errors.ConfigError` naming the field (``model.<field>``) and the fix.
 
 A few fields default to ``None``, meaning "derived from the architecture family": ``d_ff`` (4 *
-d_model for gpt2, the SwiGLU 8/3 rule for llama), ``bias`` (True for gpt2, False for llama) and
-``n_kv_heads`` (= n_heads). They stay ``None`` on the object, so that
-``dataclasses.replace(cfg, d_model=...)`` re-derives them; use the ``ff_dim``, ``use_bias`` and
-``kv_heads`` properties for the resolved values. :meth:`ModelConfig.to_dict` writes the resolved
-values, so a checkpoint's config does not depend on today's defaults.
+d_model for gpt2, the SwiGLU 8/3 rule for llama), ``bias`` (True for gpt2, False for llama),
+``activation`` (gelu for gpt2, silu for llama) and ``n_kv_heads`` (= n_heads). They stay ``None``
+on the object, so that ``dataclasses.replace(cfg, d_model=...)`` re-derives them; use the
+``ff_dim``, ``use_bias``, ``act`` and ``kv_heads`` properties for the resolved values.
+:meth:`ModelConfig.to_dict` writes the resolved values, so a checkpoint's config does not depend
+on today's defaults.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from nima.errors import ConfigError
 
 ARCHITECTURES = ("gpt2", "llama")
+ACTIVATIONS = {"gpt2": ("gelu", "gelu_tanh"), "llama": ("silu",)}
 
 
 @dataclass
@@ -54,6 +56,10 @@ class ModelConfig:
     """Share the token embedding matrix with the output head (saves vocab_size * d_model parameters)."""
     bias: bool | None = None
     """Biases in Linear and LayerNorm layers. None: True for gpt2, False for llama."""
+    activation: str | None = None
+    """Feed-forward activation. gpt2: "gelu" (exact, the default) or "gelu_tanh" (the tanh
+    approximation that OpenAI's GPT-2 weights were trained with); llama: "silu" (SwiGLU), the
+    only choice."""
     qk_norm: bool = False
     """Normalise queries and keys per head (RMSNorm) before attention; steadies training at high
     learning rates."""
@@ -90,6 +96,13 @@ class ModelConfig:
         return (self.arch == "gpt2") if self.bias is None else self.bias
 
     @property
+    def act(self) -> str:
+        """Resolved ``activation``."""
+        if self.activation is not None:
+            return self.activation
+        return "silu" if self.arch == "llama" else "gelu"
+
+    @property
     def ff_dim(self) -> int:
         """Resolved feed-forward hidden width."""
         if self.d_ff is not None:
@@ -103,7 +116,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field with derived defaults resolved (YAML/JSON/checkpoint safe)."""
         out = dataclasses.asdict(self)
-        out.update(d_ff=self.ff_dim, bias=self.use_bias, n_kv_heads=self.kv_heads)
+        out.update(d_ff=self.ff_dim, bias=self.use_bias, n_kv_heads=self.kv_heads, activation=self.act)
         return out
 
     @classmethod
@@ -176,6 +189,12 @@ class ModelConfig:
                 f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings "
                 "(arch llama); change d_model or n_heads"
             )
+        allowed = ACTIVATIONS[self.arch]
+        if self.act not in allowed:
+            raise ConfigError(
+                f"model.activation={self.act!r} does not fit arch {self.arch}; choose "
+                f"{' or '.join(repr(a) for a in allowed)}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         for name in ("rope_theta", "norm_eps", "init_std"):
@@ -196,6 +215,7 @@ _FIELD_KINDS: dict[str, type] = {
     "n_kv_heads": int,
     "tie_embeddings": bool,
     "bias": bool,
+    "activation": str,
     "qk_norm": bool,
     "rope_theta": float,
     "norm_eps": float,

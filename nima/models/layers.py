@@ -34,9 +34,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.d_model, config.ff_dim, bias=config.use_bias)
         self.proj = nn.Linear(config.ff_dim, config.d_model, bias=config.use_bias)
         self.dropout = dropout_or_identity(config.dropout)
+        self.approximate = "tanh" if config.act == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class SwiGLU(nn.Module):
