@@ -18,7 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("nima.training.cli", "train a model from a YAML config (with --section.key=value overrides)"),
     "eval": ("nima.evaluation.cli", "evaluate a checkpoint: loss, perplexity, bits per byte"),
     "generate": ("nima.inference.cli", "generate text from a checkpoint"),
-    "export": ("nima.interop.cli", "write a checkpoint as a Hugging Face transformers model folder"),
+    "export": ("nima.interop.export_cli", "write a checkpoint as a Hugging Face transformers model folder"),
+    "import": ("nima.interop.import_cli", "turn a Hugging Face model folder into a Nima checkpoint"),
 }
 
 EXIT_USER_ERROR = 2

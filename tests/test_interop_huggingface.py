@@ -151,3 +151,31 @@ def test_nima_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf.")]  # no staging left behind
+
+
+def test_nima_import_then_eval_and_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, tokenizer = train_tiny_model(steps=20)
+    original = save_checkpoint(model, tokenizer, tmp_path / "run")
+    assert main(["export", "--checkpoint", str(original), "--out", str(tmp_path / "hf")]) == 0
+    out = tmp_path / "imported"
+    assert main(["import", "--hf_model", str(tmp_path / "hf"), "--out", str(out)]) == 0
+    imported = out / "checkpoints" / "model.pt"
+    assert "wrote" in capsys.readouterr().err
+
+    # The imported checkpoint generates exactly what the original does.
+    def sample(checkpoint: Path) -> str:
+        args = ["generate", "--checkpoint", str(checkpoint), "--prompt", "ROMEO:", "--max_new_tokens", "20"]
+        assert main([*args, "--seed", "3", "--temperature", "0.8"]) == 0
+        return capsys.readouterr().out
+
+    assert sample(imported) == sample(original)
+    text = tmp_path / "text.txt"
+    text.write_text("JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n")
+    scores = []
+    for checkpoint in (original, imported):
+        assert main(["eval", "--checkpoint", str(checkpoint), "--text", str(text), "--json"]) == 0
+        scores.append(json.loads(capsys.readouterr().out)["loss"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+
+    assert main(["import", "--hf_model", str(tmp_path / "hf"), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err

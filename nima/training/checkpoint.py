@@ -125,6 +125,28 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     return model.to(device).eval(), ckpt
 
 
+def save_model_checkpoint(model: torch.nn.Module, tokenizer: Any, path: str | Path, **extra: Any) -> Path:
+    """Write a checkpoint with weights, model config and tokenizer identity only (no training state).
+
+    ``nima eval`` and ``nima generate`` read it like any other; the tokenizer is saved as
+    ``tokenizer.json`` next to the ``checkpoints/`` folder holding ``path``, and recorded by path.
+    """
+    path = Path(path)
+    tokenizer_path = tokenizer.save(path.parent.parent / "tokenizer.json")
+    state = {
+        "format": FORMAT,
+        "model": clean_state_dict(unwrap_model(model).state_dict()),
+        "model_config": model.config.to_dict(),
+        "tokenizer": {**tokenizer.identity(), "path": str(tokenizer_path.resolve())},
+        "data": {"prepared_path": None},
+        "training_config": {},
+        "step": 0,
+        "epoch": 0,
+        **extra,
+    }
+    return atomic_save(state, path)
+
+
 # --- random number generator state (kept as plain types so weights_only loading works) ---
 
 
