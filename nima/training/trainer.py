@@ -328,7 +328,6 @@ class Trainer:
         cfg = self.config
         self.should_stop = False
         self.stop_reason = None
-        self._stop.install()
         start_step, start_tokens = self.step, self.tokens_seen
         self.progress = self._make_progress()
         self._announce()
@@ -346,6 +345,7 @@ class Trainer:
         last_saved_step, last_eval_step = -1, -1
         train_loss = None
         self.raw_model.train()
+        self._stop.install()  # uninstalled in the finally below
         try:
             while self.step < self.total_steps and not self.should_stop:
                 if self._iter is None:
