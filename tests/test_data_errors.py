@@ -74,7 +74,12 @@ CASES = [
     ("folder without txt", [], "empty_folder", ["no .txt files"]),
     ("unknown encoding", ["--encoding", "klingon-8"], "small", ["klingon-8"]),
     ("bad val fraction", ["--val_fraction", "1.5"], "small", ["--val_fraction"]),
-    ("unknown tokenizer", ["--tokenizer", "word"], "small", ["invalid choice: 'word'"]),
+    (
+        "unknown tokenizer",
+        ["--tokenizer", "word"],
+        "small",
+        ["unknown tokenizer 'word': choose one of char, byte, bpe"],
+    ),
     ("unknown option", ["--vocabsize", "5"], "small", ["--vocabsize"]),
 ]
 

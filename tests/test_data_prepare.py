@@ -236,3 +236,22 @@ def test_data_config_checks_its_values() -> None:
         DataConfig(tokenizer="word")
     with pytest.raises(ConfigError, match="val_fraction"):
         DataConfig(val_fraction=0)
+
+
+def test_prepare_with_a_saved_tokenizer_encodes_with_it_as_it_is(tmp_path: Path) -> None:
+    from nima.data.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz \n", with_eot=True)
+    saved = tokenizer.save(tmp_path / "given" / "tokenizer.json")
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox\njumps over the lazy dog\n" * 40)
+    data = prepare(str(text), str(saved), data_dir=tmp_path / "data")
+    assert data.path.name == f"char-{tokenizer.identity()['sha256'][:12]}"
+    assert data.tokenizer.to_dict() == tokenizer.to_dict()  # not a new vocabulary from the text
+    assert data.tokens("train")[:3].tolist() == tokenizer.encode("the")
+    assert prepare(str(text), str(saved.parent), data_dir=tmp_path / "data").reused  # folder form too
+    with pytest.raises(DataError, match="unknown tokenizer 'nope.json': choose one of char, byte, bpe"):
+        prepare(str(text), "nope.json", data_dir=tmp_path / "data")
+    text.write_text("UPPER CASE IS NOT IN IT\n" * 40)
+    with pytest.raises(DataError, match="char tokenizer has no id for the character 'U'"):
+        prepare(str(text), str(saved), data_dir=tmp_path / "data")

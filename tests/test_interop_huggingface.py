@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from inference_helpers import save_checkpoint, train_tiny_model
@@ -179,3 +180,41 @@ def test_nima_import_then_eval_and_generate(tmp_path: Path, capsys: pytest.Captu
 
     assert main(["import", "--hf_model", str(tmp_path / "hf"), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fine_tune_an_imported_model_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference_helpers import TEXT
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # configs/ is relative to the checkout
+    model, tokenizer = train_tiny_model(steps=60)
+    original = save_checkpoint(model, tokenizer, tmp_path / "run")
+    assert main(["export", "--checkpoint", str(original), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["import", "--hf_model", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")]) == 0
+    text = tmp_path / "romeo.txt"
+    text.write_text(TEXT * 4)
+    out = tmp_path / "finetuned"
+    train = [
+        "train", "--config", "configs/cpu_quick.yaml", "--resume",
+        "--init_from", str(tmp_path / "imported" / "checkpoints" / "model.pt"),
+        f"--data.dataset={text}", f"--data.tokenizer={tmp_path / 'imported' / 'tokenizer.json'}",
+        f"--data.data_dir={tmp_path / 'data'}", f"--training.output_dir={out}", "--training.batch_size=4",
+        "--training.log_every=1", "--training.eval_every=0", "--training.eval_batches=2",
+        "--training.progress_bar=false", "--training.learning_rate=1e-3", "--training.warmup_steps=0",
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert main([*train, "--training.max_steps=4"]) == 0, capsys.readouterr().err
+    stdout = capsys.readouterr().out
+    assert "fine-tuning from" in stdout
+    lines = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    # The imported weights already know this text: far below an untrained model's ln(vocab).
+    assert lines[0]["step"] == 1 and lines[0]["loss"] < 0.5 * np.log(tokenizer.vocab_size)
+    finetuned = torch.load(out / "checkpoints" / "step_4.pt", map_location="cpu", weights_only=True)
+    assert finetuned["model_config"] == {**model.config.to_dict(), "dropout": 0.0}
+
+    # The same command restarts the job: it resumes its own run, not the imported weights.
+    assert main([*train, "--training.max_steps=6"]) == 0
+    assert "resuming at step 4" in capsys.readouterr().out
+    assert (out / "checkpoints" / "step_6.pt").is_file()

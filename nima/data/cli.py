@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nima.data.preparation import TOKENIZER_KINDS, prepare
+from nima.data.preparation import prepare
 from nima.data.sources import KNOWN_DATASETS
 from nima.errors import DataError
 
@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tokenizer",
         default="char",
-        choices=TOKENIZER_KINDS,
         help="char: one id per character; byte: 256 byte values + end-of-text; "
-        "bpe: byte-level BPE trained on the training split (needs --vocab_size)",
+        "bpe: byte-level BPE trained on the training split (needs --vocab_size); or the path of a "
+        "tokenizer.json to encode with as it is (e.g. one written by nima import, for fine-tuning)",
     )
     parser.add_argument("--vocab_size", type=int, default=None, help="BPE vocabulary size, e.g. 10000")
     parser.add_argument(

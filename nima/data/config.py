@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from nima.errors import ConfigError
@@ -15,7 +16,8 @@ class DataConfig:
     dataset: str = "tiny_shakespeare"
     """A known dataset name (tiny_shakespeare) or a path: a .txt file, a folder of .txt files, a .jsonl."""
     tokenizer: str = "char"
-    """char | byte | bpe (BPE's vocabulary size is model.vocab_size)."""
+    """char | byte | bpe (BPE's vocabulary size is model.vocab_size), or the path of a saved
+    tokenizer.json to encode with as it is (fine-tuning a model that uses it)."""
     data_dir: str | None = None
     """Where raw and prepared data live; None: $NIMA_DATA_DIR, else experiments/data."""
     text_field: str = "text"
@@ -32,8 +34,13 @@ class DataConfig:
     """Seed of the window offsets and batch order; None: the training seed."""
 
     def __post_init__(self) -> None:
-        if self.tokenizer not in ("char", "byte", "bpe"):
-            raise ConfigError(f"data.tokenizer={self.tokenizer!r} is not one of: char, byte, bpe")
+        if not isinstance(self.tokenizer, str) or not self.tokenizer:
+            raise ConfigError("data.tokenizer must be char, byte, bpe or the path of a tokenizer.json")
+        if self.tokenizer not in ("char", "byte", "bpe") and not Path(self.tokenizer).expanduser().exists():
+            raise ConfigError(
+                f"data.tokenizer={self.tokenizer!r} is not one of: char, byte, bpe (nor an existing "
+                "tokenizer.json path)"
+            )
         if not isinstance(self.val_fraction, (int, float)) or not 0.0 < float(self.val_fraction) < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be between 0 and 1 (exclusive)")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:

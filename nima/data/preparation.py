@@ -82,6 +82,20 @@ def tokenizer_tag(tokenizer: str, vocab_size: int | None = None) -> str:
     return f"bpe-{vocab_size}" if tokenizer == "bpe" else tokenizer
 
 
+def given_tokenizer(tokenizer: str | os.PathLike) -> Tokenizer | None:
+    """The tokenizer saved at ``tokenizer`` (a tokenizer.json, or a folder holding one), or None
+    when ``tokenizer`` names a kind (char, byte, bpe) instead."""
+    if str(tokenizer) in TOKENIZER_KINDS:
+        return None
+    path = Path(tokenizer).expanduser()
+    if not (path.is_file() or (path / "tokenizer.json").is_file()):
+        raise DataError(
+            f"unknown tokenizer {str(tokenizer)!r}: choose one of {', '.join(TOKENIZER_KINDS)}, "
+            "or give the path of a tokenizer.json (for example one that nima import wrote)"
+        )
+    return load_tokenizer(path)
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """Little-endian uint16 when every id fits, else uint32."""
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
@@ -149,20 +163,27 @@ def prepare(
 ) -> PreparedData:
     """Prepare ``dataset`` with a ``tokenizer`` ("char" | "byte" | "bpe"), or reuse an earlier result.
 
+    ``tokenizer`` may also be the path of a saved tokenizer (``tokenizer.json``, or a folder with
+    one): the text is then encoded with it as it is, for fine-tuning a model that uses it; the
+    result goes to ``<dataset>/<kind>-<first 12 hex digits of its sha256>/``.
     ``dataset`` is a known name (``tiny_shakespeare``) or a path to a text file, a folder of
     ``.txt`` files or a ``.jsonl`` file (text in ``text_field``). ``vocab_size`` is required for
     BPE. ``quiet=False`` shows progress bars on stderr; ``force`` prepares anew even when a
     matching result exists. Raises :class:`~nima.errors.DataError` for bad input.
     """
-    kind = _check_tokenizer_kind(tokenizer)
-    if kind == "bpe":
-        vocab_size = check_bpe_vocab_size(vocab_size)
+    given = given_tokenizer(tokenizer)
+    if given is not None:
+        kind, vocab_size = "given", given.vocab_size
+        tag = f"{given.kind}-{given.identity()['sha256'][:12]}"
     else:
-        vocab_size = None  # char and byte vocabularies are fixed by the text / by UTF-8
+        kind = _check_tokenizer_kind(tokenizer)
+        # char and byte vocabularies are fixed by the text / by UTF-8
+        vocab_size = check_bpe_vocab_size(vocab_size) if kind == "bpe" else None
+        tag = tokenizer_tag(kind, vocab_size)
     val_fraction = _check_val_fraction(val_fraction)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     source = resolve_source(dataset, root, encoding=encoding, text_field=text_field)
-    out = root / source.name / tokenizer_tag(kind, vocab_size)
+    out = root / source.name / tag
     settings = {
         "tokenizer": kind,
         "vocab_size": vocab_size,
@@ -171,6 +192,8 @@ def prepare(
         "val_fraction": val_fraction,
         "format": PREPARED_FORMAT,
     }
+    if given is not None:
+        settings["tokenizer_sha256"] = given.identity()["sha256"]
     if not force:
         reused = _reuse(out, source, settings)
         if reused is not None:
@@ -186,7 +209,7 @@ def prepare(
         ) from None
     make_public(tmp, directory=True)
     try:
-        meta = _build(tmp, source, settings, quiet=quiet)
+        meta = _build(tmp, source, settings, quiet=quiet, given=given)
         _install(tmp, out)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -324,7 +347,9 @@ class _Scan:
     alphabet: list[str] | None
 
 
-def _build(folder: Path, source: TextSource, settings: dict[str, Any], quiet: bool) -> dict[str, Any]:
+def _build(
+    folder: Path, source: TextSource, settings: dict[str, Any], quiet: bool, given: Tokenizer | None = None
+) -> dict[str, Any]:
     timings: dict[str, float] = {}
     kind = settings["tokenizer"]
 
@@ -343,7 +368,7 @@ def _build(folder: Path, source: TextSource, settings: dict[str, Any], quiet: bo
     window = max(1, (scan.chars - train_chars) // 2)
 
     start, cpu = time.perf_counter(), time.process_time()
-    tokenizer = _make_tokenizer(source, settings, scan, train_chars, window, quiet)
+    tokenizer = given or _make_tokenizer(source, settings, scan, train_chars, window, quiet)
     timings["tokenizer_s"], timings["tokenizer_cpu_s"] = (
         time.perf_counter() - start,
         time.process_time() - cpu,

@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume from this checkpoint (model, optimizer, schedule, data position and RNG state)",
     )
     parser.add_argument(
+        "--init_from",
+        help="start from this checkpoint's weights and model config (fine-tuning, e.g. a model from "
+        "nima import); the data must use its tokenizer (data.tokenizer: path of its tokenizer.json)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="resume from the newest step_N.pt / epoch_N.pt in <training.output_dir>/checkpoints if "
@@ -201,6 +206,27 @@ def prepare_data_once_per_node(run: RunConfig, ctx: Any, allow_fallback: bool, s
     return prepared
 
 
+def model_config_from(run: RunConfig, init_from: str | Path, tokenizer: Any, say=print) -> RunConfig:
+    """The run with the model config of checkpoint ``init_from`` (the run's own dropout and
+    gradient checkpointing kept: they change training, not the weights)."""
+    from nima.models import ModelConfig
+    from nima.training.checkpoint import load_checkpoint_file
+
+    saved = load_checkpoint_file(init_from).get("model_config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--init_from {init_from} has no model_config to start from")
+    model = ModelConfig.from_dict(
+        {**saved, "dropout": run.model.dropout, "gradient_checkpointing": run.model.gradient_checkpointing}
+    )
+    if tokenizer.vocab_size > model.vocab_size:
+        raise ConfigError(
+            f"the data's tokenizer has {tokenizer.vocab_size} ids but the model of {init_from} only "
+            f"{model.vocab_size}; prepare the data with its tokenizer (data.tokenizer: <its tokenizer.json>)"
+        )
+    say(f"fine-tuning from {init_from}: model config taken from it (the config's model: section is ignored)")
+    return run.replace(model=model)
+
+
 def fit_vocab_size(run: RunConfig, tokenizer: Any, say=print) -> RunConfig:
     """Make model.vocab_size match the tokenizer (with one warning when it did not)."""
     if run.model.vocab_size == tokenizer.vocab_size:
@@ -262,9 +288,16 @@ def print_sample(model: Any, tokenizer: Any, device: torch.device, max_new_token
 
 
 def run_training(
-    run: RunConfig, checkpoint: str | Path | None = None, quick_test: bool = False
+    run: RunConfig,
+    checkpoint: str | Path | None = None,
+    quick_test: bool = False,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Everything ``nima train`` does, as a function (returns the Trainer's results)."""
+    """Everything ``nima train`` does, as a function (returns the Trainer's results).
+
+    ``checkpoint`` resumes a run; ``init_from`` starts a new run (fine-tuning) from a checkpoint's
+    weights, with its model config. With both, the fine-tuning run resumes from ``checkpoint``.
+    """
     from nima.distributed import cleanup, init_distributed
     from nima.models import create_model
     from nima.training.trainer import Trainer
@@ -284,13 +317,18 @@ def run_training(
             f"data: {prepared.path} ({prepared.meta.get('train_tokens', '?')} train tokens, "
             f"{prepared.tokenizer.kind} tokenizer, vocab {prepared.tokenizer.vocab_size})"
         )
-        run = fit_vocab_size(run, prepared.tokenizer, say=say)
+        if init_from:  # a fine-tuning run: the model is the checkpoint's (its own, once resumed)
+            run = model_config_from(run, checkpoint or init_from, prepared.tokenizer, say=say)
+        else:
+            run = fit_vocab_size(run, prepared.tokenizer, say=say)
         train_loader, val_loader = build_loaders(run, prepared, ctx.rank, ctx.world_size)
         torch.manual_seed(run.training.seed)
         model = create_model(run.model)
         trainer = Trainer(model, run.training, train_loader, val_loader, tokenizer=prepared.tokenizer)
         if checkpoint:
             trainer.load_checkpoint(checkpoint)
+        elif init_from:
+            trainer.load_checkpoint(init_from, weights_only_model=True)
         results = trainer.train()
         if ctx.is_main:
             _print_summary(results, time.perf_counter() - started)
@@ -329,11 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint
     if args.resume and checkpoint:
         raise ConfigError("give either --checkpoint PATH or --resume (which finds the newest checkpoint)")
+    if args.init_from and checkpoint:
+        raise ConfigError("give either --checkpoint (resume a run) or --init_from (start one from weights)")
     if args.resume:
         checkpoint = newest_checkpoint(run.training.output_dir)
         if checkpoint is None:
             print(f"--resume: no checkpoint in {run.training.output_dir}/checkpoints yet; starting afresh")
-    results = run_training(run, checkpoint=checkpoint, quick_test=args.quick_test)
+    results = run_training(run, checkpoint=checkpoint, quick_test=args.quick_test, init_from=args.init_from)
     if results.get("stop_signal"):  # preempted: saved, and the exit status says why it stopped
         return 128 + signal.Signals[results["stop_signal"]].value
     return 0
