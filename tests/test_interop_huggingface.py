@@ -86,6 +86,22 @@ def test_import_of_models_saved_by_transformers(family: str, tmp_path: Path) -> 
         torch.testing.assert_close(model(ids).logits, hf(ids).logits, rtol=0, atol=2e-5)
 
 
+def test_import_reads_weights_saved_without_the_base_model_prefix(tmp_path: Path) -> None:
+    # The hub's original gpt2 files name tensors "h.0.attn.c_attn.weight", not "transformer.h.0...".
+    from safetensors.torch import load_file, save_file
+
+    model = _model(arch="gpt2")
+    export_huggingface(model, tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    save_file(
+        {k.removeprefix("transformer."): v for k, v in weights.items()}, str(tmp_path / "model.safetensors")
+    )
+    again, _ = import_huggingface(tmp_path)
+    ids = torch.randint(0, 70, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+
+
 def test_import_refuses_what_it_cannot_read_safely(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a Hugging Face model folder"):
         import_huggingface(tmp_path)

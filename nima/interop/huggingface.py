@@ -255,6 +255,9 @@ def import_huggingface(folder: str | Path) -> tuple[GPT, Any]:
     for nima_name, hf_name, part in _name_map(model, exported):
         if hf_name == "lm_head.weight" and config.tie_embeddings:
             continue  # the same tensor as the token embedding
+        base_name = hf_name.split(".", 1)[1]
+        if hf_name not in weights and base_name in weights and hf_name.startswith(("transformer.", "model.")):
+            hf_name = base_name  # saved from the base model (the hub's gpt2 files): no prefix
         if hf_name not in weights:
             if part.get("zeros"):  # a bias that the export filled with zeros and Nima does not have
                 continue
