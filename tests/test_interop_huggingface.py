@@ -102,6 +102,27 @@ def test_import_reads_weights_saved_without_the_base_model_prefix(tmp_path: Path
         assert torch.equal(again(ids).logits, model(ids).logits)
 
 
+def test_import_reads_byte_level_bpe_tokenizers_whatever_splits_first(tmp_path: Path) -> None:
+    # Qwen-style: a regex Split before a ByteLevel pre-tokenizer that does not split again.
+    from tokenizers import Regex, pre_tokenizers
+
+    bpe = BPETokenizer.train(["ROMEO: But soft, what light through yonder window breaks?\n" * 30], 300)
+    hf = bpe.hf_tokenizer
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\s?\w+|\s?[^\s\w]+|\s+"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    export_huggingface(_model(arch="llama", n_kv_heads=2), tmp_path)
+    hf.save(str(tmp_path / "tokenizer.json"))  # as transformers would save it, no Nima record
+    (tmp_path / "tokenizer_config.json").unlink(missing_ok=True)
+    _, tokenizer = import_huggingface(tmp_path)
+    sample = "soft light, ROMEO!\n"
+    assert isinstance(tokenizer, BPETokenizer) and tokenizer.encode(sample) == hf.encode(sample).ids
+    assert tokenizer.decode(tokenizer.encode(sample)) == sample
+
+
 def test_import_refuses_what_it_cannot_read_safely(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a Hugging Face model folder"):
         import_huggingface(tmp_path)

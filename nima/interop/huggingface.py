@@ -379,6 +379,8 @@ def _import_tokenizer(folder: Path) -> Any:
     from tokenizers import Tokenizer as HFTokenizer
 
     hf = HFTokenizer.from_file(str(path))
-    if type(hf.pre_tokenizer).__name__ != "ByteLevel":
-        return None  # not byte-level BPE: Nima's tokenizers cannot stand in for it
+    # Byte-level BPE (GPT-2, Qwen, SmolLM ...) decodes through the ByteLevel decoder, whatever
+    # splitting comes before it; SentencePiece-style vocabularies (Llama 2) do not.
+    if type(hf.decoder).__name__ != "ByteLevel" or type(hf.model).__name__ != "BPE":
+        return None
     return BPETokenizer(hf)
