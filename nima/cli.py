@@ -7,10 +7,24 @@ call :func:`main` too, so the scripts, ``nima`` and the Python API cannot drift 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
-from nima.errors import NimaError
+from nima.errors import ConfigError, NimaError
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for a sub-command that raises a one-line ``error_type`` (a NimaError) instead of
+    printing its usage and exiting, so that bad options end like every other user mistake."""
+
+    def __init__(self, *args, error_type: type[NimaError] = ConfigError, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_type = error_type
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise self.error_type(f"{message} (see `{self.prog} --help`)")
+
 
 # command -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

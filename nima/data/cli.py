@@ -5,20 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nima.cli import CommandParser
 from nima.data.preparation import prepare
 from nima.data.sources import KNOWN_DATASETS
 from nima.errors import DataError
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises a one-line DataError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise DataError(f"{message} (see `nima prepare --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = CommandParser(
+        error_type=DataError,
         prog="nima prepare",
         description="Tokenize a corpus into train.bin / val.bin (+ tokenizer.json, meta.json) under "
         "<data_dir>/<dataset>/<tokenizer>/. Preparing again with the same inputs reuses the result.",

@@ -61,15 +61,18 @@ def pick_device(name: str | None = "auto") -> torch.device:
     return device
 
 
-def add_loading_options(parser: argparse.ArgumentParser) -> None:
-    """The options every command that loads a checkpoint shares (``nima eval``, ``nima generate``):
-    ``--tokenizer``, ``--data_dir``, ``--device`` and ``--threads``."""
+def add_loading_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """The options every command that loads a checkpoint shares (``nima eval``, ``nima generate``,
+    ``nima export``): ``--tokenizer`` and ``--data_dir``, and with ``device`` also ``--device`` and
+    ``--threads`` (for the commands that run the model)."""
     parser.add_argument(
         "--tokenizer", help="tokenizer.json or prepared data folder (default: found from the checkpoint)"
     )
     parser.add_argument(
         "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
     )
+    if not device:
+        return
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--threads",

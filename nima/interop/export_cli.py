@@ -14,8 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nima.cli import CommandParser
 from nima.errors import ConfigError
-from nima.inference.loading import describe_identity, load_for_inference
+from nima.inference.loading import add_loading_options, describe_identity, load_for_inference
 from nima.interop.huggingface import export_huggingface
 
 EXAMPLES = """examples:
@@ -26,15 +27,8 @@ EXAMPLES = """examples:
 """
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises a one-line ConfigError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{message} (see `nima export --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(
+    p = CommandParser(
         prog="nima export",
         description="Write a checkpoint (model and tokenizer) as a Hugging Face transformers folder: "
         "config.json, model.safetensors, tokenizer.json. gpt2 models become GPT2LMHeadModel, llama "
@@ -45,12 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt) written by training")
     p.add_argument("--out", required=True, type=Path, help="folder to write (created)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    p.add_argument(
-        "--tokenizer", help="tokenizer.json or prepared data folder (default: found from the checkpoint)"
-    )
-    p.add_argument(
-        "--data_dir", help="where prepared datasets live (default $NIMA_DATA_DIR or experiments/data)"
-    )
+    add_loading_options(p, device=False)
     return p
 
 

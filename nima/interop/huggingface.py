@@ -150,30 +150,19 @@ def _llama(model: GPT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     for i, block in enumerate(model.blocks):
         p = f"model.layers.{i}."
         attn, mlp = block.attn, block.mlp
-        q_w, k_w, v_w = attn.qkv.weight.split([q, kv, kv])
-        gate_w, up_w = mlp.fc.weight.chunk(2)  # SwiGLU computes silu(gate) * up from one matmul
-        weights.update({
-            p + "input_layernorm.weight": block.norm1.weight,
-            p + "post_attention_layernorm.weight": block.norm2.weight,
-            p + "self_attn.q_proj.weight": q_w,
-            p + "self_attn.k_proj.weight": k_w,
-            p + "self_attn.v_proj.weight": v_w,
-            p + "self_attn.o_proj.weight": attn.proj.weight,
-            p + "mlp.gate_proj.weight": gate_w,
-            p + "mlp.up_proj.weight": up_w,
-            p + "mlp.down_proj.weight": mlp.proj.weight,
-        })  # fmt: skip
-        if config.use_bias:
-            q_b, k_b, v_b = attn.qkv.bias.split([q, kv, kv])
-            gate_b, up_b = mlp.fc.bias.chunk(2)
+        weights[p + "input_layernorm.weight"] = block.norm1.weight
+        weights[p + "post_attention_layernorm.weight"] = block.norm2.weight
+        for kind in ("weight", "bias") if config.use_bias else ("weight",):
+            q_t, k_t, v_t = getattr(attn.qkv, kind).split([q, kv, kv])
+            gate_t, up_t = getattr(mlp.fc, kind).chunk(2)  # SwiGLU: silu(gate) * up from one matmul
             weights.update({
-                p + "self_attn.q_proj.bias": q_b,
-                p + "self_attn.k_proj.bias": k_b,
-                p + "self_attn.v_proj.bias": v_b,
-                p + "self_attn.o_proj.bias": attn.proj.bias,
-                p + "mlp.gate_proj.bias": gate_b,
-                p + "mlp.up_proj.bias": up_b,
-                p + "mlp.down_proj.bias": mlp.proj.bias,
+                p + f"self_attn.q_proj.{kind}": q_t,
+                p + f"self_attn.k_proj.{kind}": k_t,
+                p + f"self_attn.v_proj.{kind}": v_t,
+                p + f"self_attn.o_proj.{kind}": getattr(attn.proj, kind),
+                p + f"mlp.gate_proj.{kind}": gate_t,
+                p + f"mlp.up_proj.{kind}": up_t,
+                p + f"mlp.down_proj.{kind}": getattr(mlp.proj, kind),
             })  # fmt: skip
         if qwen3:
             weights[p + "self_attn.q_norm.weight"] = attn.q_norm.weight

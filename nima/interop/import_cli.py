@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nima.cli import CommandParser
 from nima.errors import ConfigError
 from nima.inference.loading import describe_identity
 from nima.interop.huggingface import import_huggingface
@@ -22,15 +23,8 @@ EXAMPLES = """examples:
 """
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises a one-line ConfigError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{message} (see `nima import --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(
+    p = CommandParser(
         prog="nima import",
         description="Read a Hugging Face model folder (GPT-2, Llama or Qwen3, safetensors, local) and "
         "write it as a Nima checkpoint with its tokenizer.",

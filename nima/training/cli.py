@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nima.cli import CommandParser
 from nima.config import RunConfig, known_keys, parse_overrides
 from nima.errors import ConfigError, DataError
 from nima.training.checkpoint import step_checkpoints
@@ -58,11 +59,6 @@ FALLBACK_NAME = "python_stdlib"
 FALLBACK_BYTES = 1_200_000
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{message} (see `nima train --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     keys = known_keys()
     lines = [
@@ -82,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "",
         "aliases: training.save_steps = training.save_every, training.eval_steps = training.eval_every",
     ]
-    parser = _ArgumentParser(
+    parser = CommandParser(
         prog="nima train",
         description="Train a GPT-style model. Data named in the config (data.dataset, data.tokenizer) is "
         "prepared first if needed; checkpoints go to <training.output_dir>/checkpoints and metrics to "
