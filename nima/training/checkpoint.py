@@ -64,8 +64,11 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a Nima checkpoint with ``weights_only=True``; CheckpointError when missing or foreign."""
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a Nima checkpoint with ``weights_only=True``; CheckpointError when missing or foreign.
+
+    ``mmap=True`` maps the tensors instead of reading them: cheap when only the metadata is needed.
+    """
     path = Path(path)
     if not path.is_file():
         hint = ""
@@ -74,7 +77,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
             hint = f"; found there: {', '.join(found[:8])}" if found else "; no .pt files there"
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(

@@ -208,7 +208,7 @@ def model_config_from(run: RunConfig, init_from: str | Path, tokenizer: Any, say
     from nima.models import ModelConfig
     from nima.training.checkpoint import load_checkpoint_file
 
-    saved = load_checkpoint_file(init_from).get("model_config")
+    saved = load_checkpoint_file(init_from, mmap=True).get("model_config")  # the Trainer reads the weights
     if not isinstance(saved, dict):
         raise ConfigError(f"--init_from {init_from} has no model_config to start from")
     model = ModelConfig.from_dict(
