@@ -48,6 +48,16 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 DEFAULT_RECIPE = "configs/tiny_shakespeare_char_fast.yaml"
 TARGET_LOSS = 1.88
+# What the throughput comparison holds equal: --nima_option may not change these.
+FIXED_BY_REFERENCE = (
+    "model.",
+    "data.",
+    "training.batch_size",
+    "training.gradient_accumulation_steps",
+    "training.precision",
+    "training.use_mixed_precision",
+    "training.max_steps",
+)
 
 
 # ---------------------------------------------------------------------------------- locating
@@ -240,8 +250,12 @@ def fmt(s: dict[str, float], unit: str = "x") -> str:
     return f"{s['median']:.3f}{unit} (min {s['min']:.3f}, max {s['max']:.3f}, {s['n']} pairs)"
 
 
-def throughput(sides: Sides, rounds: int, steps: int) -> dict[str, Any]:
-    print(f"== (a) throughput: {rounds} paired rounds of {steps} steps, alternating order", flush=True)
+def throughput(sides: Sides, rounds: int, steps: int, options: list[str]) -> dict[str, Any]:
+    extra_options = f" (Nima with {' '.join(options)})" if options else ""
+    print(
+        f"== (a) throughput: {rounds} paired rounds of {steps} steps, alternating order{extra_options}",
+        flush=True,
+    )
     ratios, loop_ratios, ref_tps, nima_tps, shares = [], [], [], [], []
     for r in range(rounds):
         order = ("reference", "nima") if r % 2 == 0 else ("nima", "reference")
@@ -250,7 +264,7 @@ def throughput(sides: Sides, rounds: int, steps: int) -> dict[str, Any]:
             if side == "reference":
                 got[side] = sides.reference_throughput(steps)
             else:
-                figures = sides.nima_throughput(steps)
+                figures = sides.nima_throughput(steps, options)
                 got[side] = figures["tokens_per_s"]
                 extra = (
                     f"evals {figures['evals']}, saves {figures['saves']}, evaluation + checkpoints "
@@ -381,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--recipe", default=DEFAULT_RECIPE, help=f"Nima's CPU recipe (default {DEFAULT_RECIPE})"
     )
+    parser.add_argument(
+        "--nima_option",
+        action="append",
+        default=[],
+        metavar="--SECTION.KEY=VALUE",
+        help="a config override for Nima's throughput runs, e.g. --nima_option=--training.compile=true "
+        "(repeatable; the shape, batch and precision stay the reference's)",
+    )
     parser.add_argument("--skip_throughput", action="store_true")
     parser.add_argument("--skip_quality", action="store_true")
     parser.add_argument(
@@ -396,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default=None, help="keep logs and checkpoints here (default: temp)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    for option in args.nima_option:
+        if option.lstrip("-").startswith(FIXED_BY_REFERENCE):
+            parser.error(f"--nima_option {option}: the shape, batch and precision are the reference's")
 
     ref_steps, ref_eval, overrides = 2000, 500, []
     if args.quick:
@@ -416,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         if not args.skip_throughput:
-            results["throughput"] = throughput(sides, args.rounds, args.steps)
+            results["throughput"] = throughput(sides, args.rounds, args.steps, args.nima_option)
         if not args.skip_quality:
             results["quality"] = quality(
                 sides, args.quality_rounds, args.recipe, overrides, ref_steps, ref_eval

@@ -42,6 +42,27 @@ def test_collator_shifts_labels_and_pads_with_ignored_labels() -> None:
     assert batch["input_ids"].dtype == torch.long and batch["labels"].dtype == torch.long
 
 
+def test_collator_of_equal_windows_needs_no_padding() -> None:
+    batch = DataCollator(pad_token_id=7)([torch.arange(4), torch.arange(10, 14)])
+    assert batch["input_ids"].tolist() == [[0, 1, 2], [10, 11, 12]]
+    assert batch["labels"].tolist() == [[1, 2, 3], [11, 12, 13]]
+    assert batch["input_ids"].is_contiguous() and batch["labels"].is_contiguous()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batched_fetch_gives_the_windows_one_by_one(training: bool) -> None:
+    ds = TokenWindowDataset(
+        _stream(203), max_length=8, seed=5, random_offset=training, include_partial=not training
+    )
+    ds.set_epoch(3)
+    indices = [len(ds) - 1, 0, 5, -2, 5]  # the validation tail window is shorter
+    fetched = ds.__getitems__(indices)
+    assert [w.tolist() for w in fetched] == [ds[i].tolist() for i in indices]
+    assert all(w.dtype == torch.long for w in fetched)
+    with pytest.raises(IndexError, match="out of range"):
+        ds.__getitems__([0, len(ds)])
+
+
 def test_validation_windows_cover_every_token() -> None:
     ds = TokenWindowDataset(_stream(50), max_length=8, random_offset=False, include_partial=True)
     targets = [t for i in range(len(ds)) for t in ds[i][1:].tolist()]

@@ -362,3 +362,27 @@ def test_gradient_checkpointing_flag(prepared, tmp_path: Path) -> None:
     train = small_loader(prepared, tokens=1000)
     Trainer(model, config(tmp_path, max_steps=2, gradient_checkpointing=True), train).train()
     assert model.config.gradient_checkpointing is True
+
+
+def test_compiled_training_matches_eager(prepared, tmp_path: Path) -> None:
+    """training.compile (Inductor): the same losses and checkpoint keys as eager."""
+    runs = {}
+    for compiled in (False, True):
+        recorder = StepLosses()
+        trainer = Trainer(
+            tiny_model(prepared, n_layers=1),
+            config(tmp_path / str(compiled), max_steps=3, compile=compiled),
+            small_loader(prepared, tokens=2000),
+            callbacks=[recorder],
+        )
+        results = trainer.train()
+        saved = torch.load(results["last_checkpoint"], map_location="cpu", weights_only=True)
+        runs[compiled] = (list(recorder.losses.values()), sorted(saved["model"]))
+    assert runs[True][0] == pytest.approx(runs[False][0], abs=1e-4)
+    assert runs[True][1] == runs[False][1]  # no torch.compile prefix in the saved weights
+
+
+def test_compile_without_a_cpp_compiler_says_how_to_fix(prepared, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*training.compile: false"):
+        Trainer(tiny_model(prepared), config(tmp_path, compile=True), small_loader(prepared, tokens=1000))

@@ -35,6 +35,9 @@ class DataCollator:
         length = max(len(s) for s in sequences) - 1
         if length < 1:
             raise ValueError("every window needs at least 2 tokens (an input and its target)")
+        if all(len(s) == length + 1 for s in sequences):  # nothing to pad: slices of one stack
+            stacked = torch.stack(sequences)
+            return {"input_ids": stacked[:, :-1].contiguous(), "labels": stacked[:, 1:].contiguous()}
         inputs = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
         for row, seq in enumerate(sequences):

@@ -44,6 +44,7 @@ from nima.training.checkpoint import (
     tokenizer_mismatches,
     unwrap_model,
 )
+from nima.training.compilation import compile_model
 from nima.training.config import TrainingConfig
 from nima.training.mfu import mfu, peak_flops_for
 from nima.training.optimizers import get_optimizer
@@ -140,9 +141,9 @@ class Trainer:
         if config.distributed_strategy == "fsdp":
             # FSDP2 shards the module in place; compile (if asked) then wraps the sharded module.
             wrap_model(self.raw_model, self.dist, self.device, "fsdp")
-            self.model = torch.compile(self.raw_model) if config.compile else self.raw_model
+            self.model = compile_model(self.raw_model, self.device) if config.compile else self.raw_model
         else:
-            model_to_run = torch.compile(self.raw_model) if config.compile else self.raw_model
+            model_to_run = compile_model(self.raw_model, self.device) if config.compile else self.raw_model
             self.model = wrap_model(model_to_run, self.dist, self.device, "ddp")
         self.sharded = is_sharded(self.raw_model)
 
