@@ -7,8 +7,9 @@ to 1e-4, clipping at 1.0). Everything else stays at ``TrainingConfig``'s default
 the progress display, periodic evaluation and checkpoints all run at their default frequency.
 
 Tokens/s is steady state: wall time from the end of step ``warmup`` (20, like the reference's
-untimed warm-up) to the end of ``trainer.train()``; evaluation and checkpoint time are INCLUDED
-(unlike the Trainer's own ``train_tokens_per_s``, which leaves them out). Prints one JSON line.
+untimed warm-up) to the end of ``trainer.train()``; evaluation and checkpoint time are INCLUDED.
+``train_tokens_per_s`` is the same window with them left out (the training steps alone), and
+``overhead_share`` their share of it. Prints one JSON line.
 
     python benchmarks/_nima_throughput.py --steps 1000 --data_dir /tmp/nima-bench-data --output_dir /tmp/out
 """
@@ -67,10 +68,13 @@ class SteadyStateTimer:
         self.evals = 0
         self.saves = 0
         self.end: float | None = None
+        self.overhead_at_start = 0.0
+        self.overhead_s = 0.0
 
     def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         if self.start is None and trainer.step >= self.warmup:
             self.start, self.start_step = time.perf_counter(), trainer.step
+            self.overhead_at_start = trainer.overhead_seconds
 
     def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
         self.evals += 1
@@ -80,6 +84,7 @@ class SteadyStateTimer:
 
     def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
         self.end = time.perf_counter()
+        self.overhead_s = trainer.overhead_seconds - self.overhead_at_start
 
 
 def run(steps: int, warmup: int, data_dir: str, output_dir: str, overrides: list[str]) -> dict[str, Any]:
@@ -114,11 +119,10 @@ def run(steps: int, warmup: int, data_dir: str, output_dir: str, overrides: list
         "tokens_per_s": tokens / wall,
         "timed_steps": timed_steps,
         "timed_s": wall,
-        "train_tokens_per_s": results["train_tokens_per_s"],
-        # Evaluation + checkpoint share of the whole run's wall time (the Trainer keeps the two apart).
-        "overhead_share": max(
-            0.0, 1.0 - results["tokens"] / results["train_tokens_per_s"] / results["wall_time_s"]
-        ),
+        # The same window without its evaluation and checkpoint time: the training steps alone.
+        "train_tokens_per_s": tokens / max(wall - timer.overhead_s, 1e-9),
+        # Evaluation + checkpoint share of the timed window.
+        "overhead_share": timer.overhead_s / wall,
         "evals": timer.evals,
         "saves": timer.saves,
         "val_loss": results["final_val_loss"],

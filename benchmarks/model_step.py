@@ -6,9 +6,11 @@ context 64, batch 12, vocabulary 65, fp32) and checked to have the same paramete
 timed step is forward + loss + backward + gradient clipping + AdamW, on the same random batch, with
 no trainer around it: this isolates the model's own speed from the training loop's. Rounds
 alternate (reference, Nima, reference, ...) so that load from other processes hits both; the last
-line is the median ratio (> 1: Nima is faster).
+line is the median ratio (> 1: Nima is faster). With ``--compile``, Nima's model runs through
+``torch.compile`` (as ``training.compile: true`` does); the reference stays eager, as written.
 
     python benchmarks/model_step.py --threads 1
+    python benchmarks/model_step.py --compile --rounds 20
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=20, help="timed steps per round")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile Nima's model")
     a = p.parse_args()
 
     if a.threads:
@@ -62,7 +65,8 @@ def main() -> None:
 
     x = torch.randint(0, a.vocab_size, (a.batch, a.ctx))
     y = torch.randint(0, a.vocab_size, (a.batch, a.ctx))
-    losses = {"reference": lambda: ref(x, y), "nima": lambda: ours(x, labels=y).loss}
+    run_ours = torch.compile(ours) if a.compile else ours
+    losses = {"reference": lambda: ref(x, y), "nima": lambda: run_ours(x, labels=y).loss}
     models = {"reference": ref, "nima": ours}
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1) for name, m in models.items()}
 
@@ -75,6 +79,9 @@ def main() -> None:
 
     # Wall time, and CPU time of this process: on a machine shared with other jobs the CPU time is
     # the steadier measure (time spent waiting for a core does not count).
+    if a.compile:
+        for _ in range(3):  # compile before any timing
+            step("nima")
     wall_ms: dict[str, list[float]] = {"reference": [], "nima": []}
     cpu_ms: dict[str, list[float]] = {"reference": [], "nima": []}
     for _ in range(a.rounds):
@@ -95,7 +102,8 @@ def main() -> None:
 
     print(json.dumps({"speed_ratio_nima_vs_reference": round(ratio(wall_ms), 3),
                       "cpu_time_ratio_nima_vs_reference": round(ratio(cpu_ms), 3), "params": n_ref,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))  # fmt: skip
+                      "compiled": a.compile, "threads": torch.get_num_threads(),
+                      "torch": torch.__version__}))  # fmt: skip
 
 
 if __name__ == "__main__":

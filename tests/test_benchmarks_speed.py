@@ -140,6 +140,7 @@ def test_compare_reference_quick_end_to_end(tiny_shakespeare_file, tmp_path):
             str(BENCH / "compare_reference.py"),
             "--quick",
             "--check_precision",
+            "--nima_option=--training.log_every=5",
             "--reference",
             str(reference),
             "--text",
@@ -156,6 +157,17 @@ def test_compare_reference_quick_end_to_end(tiny_shakespeare_file, tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("RESULT throughput ") and "time-to-loss " in last
     assert "full-split val loss" in last
+    assert "(Nima with --training.log_every=5)" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "option", ["--model.d_model=64", "--training.batch_size=24", "--training.precision=bf16"]
+)
+def test_compare_reference_options_cannot_change_what_is_held_equal(option, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _load("compare_reference").main([f"--nima_option={option}", "--skip_quality"])
+    assert stop.value.code == 2
+    assert "the shape, batch and precision are the reference's" in capsys.readouterr().err
 
 
 def test_op_scaling_groups_the_step_by_operator_family():

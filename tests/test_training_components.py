@@ -370,7 +370,7 @@ def test_tensorboard_logger_without_the_package_is_a_clear_error() -> None:
         pytest.skip("tensorboard is installed here")
 
 
-def test_stop_signal_notes_sigterm_only_while_installed() -> None:
+def test_stop_signal_notes_sigterm_and_ctrl_c_only_while_installed() -> None:
     import os
     import signal
     import threading
@@ -385,6 +385,16 @@ def test_stop_signal_notes_sigterm_only_while_installed() -> None:
     assert stop.agreed(step=1, every=10, device=torch.device("cpu"))  # single process: at once
     stop.uninstall()
     assert signal.getsignal(signal.SIGTERM) is before
+
+    # Ctrl-C: the first is noted like SIGTERM, the second interrupts at once.
+    before_int = signal.getsignal(signal.SIGINT)
+    stop.install()
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) is before_int
 
     # Outside the main thread Python cannot install handlers: installing is then a no-op.
     elsewhere = StopSignal()

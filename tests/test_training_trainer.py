@@ -280,24 +280,43 @@ def test_resume_with_mismatched_model_or_tokenizer_fails(prepared, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(prepared, tmp_path: Path) -> None:
-    class SigtermAt(StepLosses):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_at_a_step_boundary_and_resumes_exactly(prepared, tmp_path: Path, signum) -> None:
+    """SIGTERM (a scheduler) or Ctrl-C (SIGINT): finish the step, save, return; resume is exact."""
+
+    class SignalAt(StepLosses):
         def on_step_end(self, trainer, metrics):
             super().on_step_end(trainer, metrics)
             if trainer.step == 7:
-                os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would; noted, not fatal
+                os.kill(os.getpid(), signum)  # noted, not fatal
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     _, straight = _resume_run(prepared, tmp_path / "straight", stop_at=None)
-    recorder = SigtermAt(stop_at=None)
+    recorder = SignalAt(stop_at=None)
     first, _ = _resume_run(prepared, tmp_path / "split", stop_at=None, recorder=recorder)
-    assert signal.getsignal(signal.SIGTERM) is before  # the Trainer's handler is gone after train()
-    assert first.step == 7 and first.stop_signal == signal.SIGTERM
-    assert "stopped by SIGTERM at step 7" in first.stop_reason
+    assert {s: signal.getsignal(s) for s in before} == before  # the Trainer's handlers are gone
+    assert first.step == 7 and first.stop_signal == signum
+    assert f"stopped by {signal.Signals(signum).name} at step 7" in first.stop_reason
     path = first.checkpoint_dir / "step_7.pt"
     assert path.is_file()
     _, rest = _resume_run(prepared, tmp_path / "split", stop_at=None, resume_from=path, model_seed=123)
     assert {**recorder.losses, **rest} == straight
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(prepared, tmp_path: Path, capsys) -> None:
+    class TwoCtrlC(Callback):
+        def on_step_end(self, trainer, metrics):
+            if trainer.step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = config(tmp_path, max_steps=5, save_every=1)
+    trainer = Trainer(tiny_model(prepared), cfg, small_loader(prepared, tokens=1000), callbacks=[TwoCtrlC()])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(p.name for p in trainer.checkpoint_dir.glob("step_*.pt")) == ["step_1.pt"]
+    assert "interrupted after step 2 without saving; resume from" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_resume_from_another_world_size_warns_that_randomness_restarts(prepared, tmp_path: Path) -> None:

@@ -261,6 +261,13 @@ def step_checkpoints(folder: Path, prefix: str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The most recently written ``step_N.pt`` or ``epoch_N.pt`` under ``output_dir/checkpoints``."""
+    folder = Path(output_dir) / "checkpoints"
+    found = [*step_checkpoints(folder, "step"), *step_checkpoints(folder, "epoch")]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
 def prune_checkpoints(folder: Path, prefix: str, keep: int | None, protect: Path | None = None) -> list[Path]:
     """Delete all but the newest ``keep`` ``<prefix>_N.pt`` files; returns what was removed."""
     if keep is None:

@@ -23,7 +23,7 @@ import torch
 from nima.cli import CommandParser
 from nima.config import RunConfig, known_keys, parse_overrides
 from nima.errors import ConfigError, DataError
-from nima.training.checkpoint import step_checkpoints
+from nima.training.checkpoint import newest_checkpoint
 
 # The quick recipe: a small char-level model that reaches a validation loss below 2.3 on tiny
 # Shakespeare within about a minute on a 2-core CPU (configs/cpu_quick.yaml is the same).
@@ -112,13 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
         "there is one, else start afresh: the same command restarts a preempted or killed job",
     )
     return parser
-
-
-def newest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The most recently written ``step_N.pt`` or ``epoch_N.pt`` under ``output_dir/checkpoints``."""
-    folder = Path(output_dir) / "checkpoints"
-    found = [*step_checkpoints(folder, "step"), *step_checkpoints(folder, "epoch")]
-    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
 def load_run_config(config_path: str | None, quick_test: bool, overrides: list[str]) -> RunConfig:

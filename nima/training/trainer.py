@@ -38,6 +38,7 @@ from nima.training.checkpoint import (
     gather_rank_rng_states,
     load_checkpoint_file,
     model_config_mismatches,
+    newest_checkpoint,
     prune_checkpoints,
     restore_rank_rng_state,
     restore_rng_state,
@@ -322,9 +323,10 @@ class Trainer:
         included), ``train_tokens_per_s`` (training steps only), ``precision``, ``stopped_early``,
         ``last_checkpoint``, ``output_dir`` and ``stop_signal``.
 
-        SIGTERM (what schedulers send before preempting a job) stops training at the next step
-        boundary (under torchrun: at the next logging step, on all ranks together), saves
-        ``step_N.pt`` and returns with ``stop_signal`` set; the run resumes from that checkpoint.
+        SIGTERM (what schedulers send before preempting a job) or Ctrl-C (SIGINT) stops training
+        at the next step boundary (under torchrun: at the next logging step, on all ranks
+        together), saves ``step_N.pt`` and returns with ``stop_signal`` set; the run resumes from
+        that checkpoint. A second Ctrl-C raises KeyboardInterrupt at once, saving nothing.
         """
         cfg = self.config
         self.should_stop = False
@@ -408,14 +410,12 @@ class Trainer:
                 last_checkpoint = self.save_checkpoint(f"step_{self.step}")
                 self._overhead_s += time.perf_counter() - t0
         except KeyboardInterrupt:
-            # Keep the work done so far: the last completed step can be resumed with --checkpoint.
-            if self.step > start_step and self.is_main and self.sharded:
-                self._say(f"interrupted at step {self.step}; a sharded model cannot be saved by one process: "
-                          "resume from the last step_N.pt")  # fmt: skip
-            elif self.step > start_step and self.is_main:
-                # Only rank 0 gets here for sure, so no collective (RNG) gathering.
-                path = self.save_checkpoint(f"step_{self.step}", all_ranks=False)
-                self._say(f"interrupted at step {self.step}; saved {path} (resume with --checkpoint {path})")
+            # A second Ctrl-C (the first stops at a step boundary and saves): the step under way may
+            # be half applied, so nothing is saved; the last checkpoint written is intact.
+            if self.step > start_step:
+                last = newest_checkpoint(self.output_dir)
+                where = f"resume from {last}" if last else "no step checkpoint was written yet"
+                self._say(f"interrupted after step {self.step} without saving; {where}")
             raise
         finally:
             self._stop.uninstall()
@@ -451,8 +451,14 @@ class Trainer:
         return results
 
     @property
+    def overhead_seconds(self) -> float:
+        """Seconds the current (or last) ``train()`` has spent evaluating and saving checkpoints:
+        the time that ``train_tokens_per_s`` leaves out."""
+        return self._overhead_s
+
+    @property
     def stop_signal(self) -> int | None:
-        """The signal (``signal.SIGTERM``) that stopped the last ``train()``, if one did."""
+        """The signal (``signal.SIGTERM`` or ``signal.SIGINT``) that stopped the last ``train()``."""
         return self._stop.signum
 
     def _next_window(self) -> list[Any]:
