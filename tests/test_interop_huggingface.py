@@ -12,7 +12,7 @@ from inference_helpers import save_checkpoint, train_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nima.cli import main
-from nima.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer
+from nima.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, tokenizer_from_dict
 from nima.errors import ConfigError
 from nima.interop import export_huggingface, export_tokenizer, import_huggingface
 from nima.models import GPT, ModelConfig
@@ -121,6 +121,96 @@ def test_import_reads_byte_level_bpe_tokenizers_whatever_splits_first(tmp_path: 
     sample = "soft light, ROMEO!\n"
     assert isinstance(tokenizer, BPETokenizer) and tokenizer.encode(sample) == hf.encode(sample).ids
     assert tokenizer.decode(tokenizer.encode(sample)) == sample
+
+
+def _llama2_style_tokenizer():
+    """A SentencePiece-style BPE laid out as Llama 2's tokenizer.json: "▁" for spaces (prepended
+    to the text), <0x00>..<0xFF> byte-fallback pieces at ids 3-258, </s> as end of text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    hf.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=150, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+    )
+    # SentencePiece learns pieces within words ("▁" only at their start); Llama 2's file then has
+    # no pre-tokenizer.
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    hf.train_from_iterator(["ROMEO: But soft, what light through yonder window breaks?"] * 30, trainer)
+    hf.pre_tokenizer = None
+    # The byte pieces are ordinary vocabulary entries (not added tokens), right after the specials.
+    spec = json.loads(hf.to_str())
+    learned = {piece: i + (256 if i >= 3 else 0) for piece, i in spec["model"]["vocab"].items()}
+    spec["model"]["vocab"] = {**learned, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def test_import_reads_sentencepiece_style_tokenizers(tmp_path: Path) -> None:
+    hf = _llama2_style_tokenizer()
+    vocab = hf.get_vocab_size()
+    torch.manual_seed(0)
+    model = GPT(
+        ModelConfig(
+            arch="llama", vocab_size=vocab, d_model=32, n_heads=4, n_layers=1, d_ff=64, max_seq_len=32
+        )
+    )
+    export_huggingface(model, tmp_path)
+    hf.save(str(tmp_path / "tokenizer.json"))  # as the hub has it: no Nima record
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "bos_token": "<s>"}))
+    _, tokenizer = import_huggingface(tmp_path)
+    assert isinstance(tokenizer, BPETokenizer) and tokenizer.style == "sentencepiece"
+    assert tokenizer.eos_token_id == hf.token_to_id("</s>") and tokenizer.eot_text == "</s>"
+
+    sample = "soft light, ROMEO! café\n"  # é and the newline are not in the vocabulary: byte fallback
+    ids = tokenizer.encode(sample)
+    assert ids == hf.encode(sample, add_special_tokens=False).ids
+    assert "<0xC3>" in hf.encode(sample).tokens
+    assert tokenizer.decode(ids) == sample == hf.decode(ids)
+    # Bytes per token (bits per byte, streaming generation): the text with the space "▁" put before it.
+    assert b"".join(tokenizer.token_bytes[i] for i in ids) == (" " + sample).encode("utf-8")
+    stream = tokenizer.decode_stream()
+    assert "".join(stream.push(i) for i in ids) + stream.flush() == " " + sample
+
+    again = tokenizer_from_dict(json.loads(tokenizer.to_json()))
+    assert again.encode(sample) == ids and again.eos_token_id == tokenizer.eos_token_id
+    export_tokenizer(tokenizer, tmp_path / "exported")
+    auto = AutoTokenizer.from_pretrained(tmp_path / "exported")
+    assert auto.encode(sample, add_special_tokens=False) == ids and auto.eos_token == "</s>"
+
+
+def test_sentencepiece_style_corpora_encode_piece_by_piece_as_one_text(monkeypatch) -> None:
+    """Preparation cuts text into pieces; only a document's first gets SentencePiece's space."""
+    from nima.data import stream_encoders
+
+    hf = _llama2_style_tokenizer()
+    tokenizer = BPETokenizer(hf, eos_token="</s>")
+    text = "".join(f"ROMEO {i}: But soft,  what light\nthrough yonder window breaks?\n" for i in range(150))
+    monkeypatch.setattr(stream_encoders, "HF_UNIT_CHARS", 2048)  # several units, each of several pieces
+    encoder = stream_encoders.make_stream_encoder(tokenizer)
+    units = list(encoder.cut([text[:5000], text[5000:]]))
+    assert len(units) > 2
+    ids = np.concatenate([encoder.encode(unit) for unit in units]).tolist()
+    assert ids == hf.encode(text, add_special_tokens=False).ids
+
+
+def test_bpe_style_is_read_from_the_decoder() -> None:
+    from tokenizers import Tokenizer, decoders, models
+
+    from nima.data.tokenizer import bpe_style
+
+    def made(model, decoder=None):
+        hf = Tokenizer(model)
+        if decoder is not None:
+            hf.decoder = decoder
+        return bpe_style(hf)
+
+    assert made(models.BPE(), decoders.ByteLevel()) == "byte_level"
+    assert made(models.BPE(), decoders.Metaspace()) == "sentencepiece"  # Mistral's newer files
+    assert made(models.BPE()) is None  # no decoder: how tokens map to bytes is unknown
+    assert made(models.WordPiece(unk_token="[UNK]"), decoders.WordPiece()) is None
 
 
 def test_import_refuses_what_it_cannot_read_safely(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ from nima.data.stream_encoders import (
     make_stream_encoder,
 )
 from nima.data.tokenizer import (
+    BYTE_LEVEL,
     BPETokenizer,
     ByteTokenizer,
     CharTokenizer,
@@ -608,6 +609,8 @@ FAST_BPE_MIN_CHARS = 1 << 22
 def _fast_bpe(tokenizer: Tokenizer, total_chars: int, quiet: bool) -> FastBPE | None:
     """tiktoken built from ``tokenizer`` when it is BPE and the fast path applies, else None."""
     if not isinstance(tokenizer, BPETokenizer) or total_chars < FAST_BPE_MIN_CHARS:
+        return None
+    if tokenizer.style != BYTE_LEVEL:  # tiktoken speaks GPT-2's byte-level BPE only
         return None
     if not tiktoken_installed():
         if not quiet:

@@ -147,23 +147,42 @@ class ByteStreamEncoder(StreamEncoder):
 
 
 class HFBPEStreamEncoder(StreamEncoder):
-    """BPE with ``tokenizers``' batch encoding (all cores), fed from one helper thread."""
+    """BPE with ``tokenizers``' batch encoding (all cores), fed from one helper thread.
+
+    SentencePiece-style tokenizers (Llama 2) put a space before every text they encode: only the
+    first piece of a document gets that; the others go through the tokenizer's continuation copy.
+    """
 
     description = "tokenizers"
     workers = 1
 
     def __init__(self, tokenizer: BPETokenizer):
         self._hf = tokenizer.hf_tokenizer
+        self._continuation = tokenizer.continuation_tokenizer()
 
     def cut(self, blocks: Iterable[str]) -> Iterator[str]:
-        return iter_pieces(blocks, piece_chars=HF_UNIT_CHARS)
+        units = iter_pieces(blocks, piece_chars=HF_UNIT_CHARS)
+        first = next(units, None)
+        if first is not None:
+            yield _DocumentStart(first)
+        yield from units
 
     def encode(self, text: str) -> np.ndarray:
         pieces = list(iter_pieces([text], piece_chars=HF_PIECE_CHARS))
-        encodings = self._hf.encode_batch_fast(pieces, add_special_tokens=False)
+        encodings = []
+        if pieces and isinstance(text, _DocumentStart):
+            encodings = self._hf.encode_batch_fast(pieces[:1], add_special_tokens=False)
+            pieces = pieces[1:]
+        encodings += self._continuation.encode_batch_fast(pieces, add_special_tokens=False)
         if not encodings:
             return np.zeros(0, dtype=np.uint32)
         return np.concatenate([np.asarray(e.ids, dtype=np.uint32) for e in encodings])
+
+
+class _DocumentStart(str):
+    """The first unit of a document part."""
+
+    __slots__ = ()
 
 
 class FastBPEStreamEncoder(StreamEncoder):

@@ -6,7 +6,8 @@ Three kinds share one interface (:class:`Tokenizer`):
   validation split never meets an unknown character); encoding any other character is a DataError.
 - ``byte``: the 256 UTF-8 byte values plus an end-of-text token (id 256); needs no training.
 - ``bpe``: byte-level BPE trained with Hugging Face ``tokenizers`` on the training split, with the
-  special token ``<|endoftext|>``.
+  special token ``<|endoftext|>``; imported models may also bring a SentencePiece-style BPE
+  (Llama 2, Mistral: "▁" for spaces, ``<0xNN>`` byte fallback) with its own end-of-text token.
 
 Byte and BPE tokenizers cover every Unicode string: ``decode(encode(text)) == text`` exactly.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -217,20 +218,55 @@ def _byte_level_alphabet() -> dict[str, int]:
     return {ch: b for b, ch in stand_ins.items()}
 
 
-class BPETokenizer(Tokenizer):
-    """Byte-level BPE (Hugging Face ``tokenizers``) with the ``<|endoftext|>`` special token.
+BYTE_LEVEL, SENTENCEPIECE = "byte_level", "sentencepiece"
 
-    Train one with :meth:`train`; ``vocab_size`` is the size actually reached, which can be below
-    the requested size on a small corpus (no more merges to learn).
+
+def bpe_style(hf_tokenizer: Any) -> str | None:
+    """How a ``tokenizers`` BPE spells bytes in its vocabulary, read from its decoder.
+
+    ``"byte_level"``: every byte is a printable stand-in character (GPT-2, Qwen, Nima's own).
+    ``"sentencepiece"``: pieces are UTF-8 text with "▁" for spaces, and bytes outside the
+    vocabulary are ``<0xNN>`` tokens (Llama 2, Mistral, TinyLlama). None: anything else.
+    """
+    if type(hf_tokenizer.model).__name__ != "BPE" or hf_tokenizer.decoder is None:
+        return None
+    spec = json.loads(hf_tokenizer.decoder.__getstate__())
+    steps = spec.get("decoders", []) if spec.get("type") == "Sequence" else [spec]
+    kinds = {step.get("type") for step in steps}
+    if "ByteLevel" in kinds:
+        return BYTE_LEVEL
+    if kinds & {"Metaspace", "ByteFallback"}:
+        return SENTENCEPIECE
+    return None
+
+
+class BPETokenizer(Tokenizer):
+    """BPE from Hugging Face ``tokenizers``: byte-level (what :meth:`train` makes, with the
+    ``<|endoftext|>`` special token) or SentencePiece-style (imported with a Llama 2 or Mistral
+    model, whose end-of-text token is ``</s>``: pass it as ``eos_token``).
+
+    ``vocab_size`` is the size actually reached, which can be below the requested size on a small
+    corpus (no more merges to learn).
     """
 
     kind = "bpe"
 
-    def __init__(self, hf_tokenizer: Any):
+    def __init__(self, hf_tokenizer: Any, eos_token: str = EOT_TEXT):
         self._hf = hf_tokenizer
+        self.style = bpe_style(hf_tokenizer)
+        if self.style is None:
+            raise DataError(
+                "this tokenizers file is neither byte-level BPE (GPT-2, Qwen) nor SentencePiece-style "
+                "BPE with byte fallback (Llama 2, Mistral); Nima cannot map its tokens to bytes"
+            )
         self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
-        self.eos_token_id = hf_tokenizer.token_to_id(EOT_TEXT)
+        self.eos_token = eos_token
+        self.eos_token_id = hf_tokenizer.token_to_id(eos_token)
         self._token_bytes: list[bytes] | None = None
+
+    @property
+    def eot_text(self) -> str | None:
+        return self.eos_token if self.eos_token_id is not None else None
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
@@ -264,24 +300,68 @@ class BPETokenizer(Tokenizer):
         """Token ids of several texts at once (encoded in parallel by ``tokenizers``)."""
         return [e.ids for e in self._hf.encode_batch_fast(texts, add_special_tokens=False)]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        if self.style == SENTENCEPIECE:  # its decoder also drops the space "▁" added before the text
+            return self._hf.decode([int(i) for i in ids], skip_special_tokens=False)
+        return super().decode(ids)
+
     @property
     def token_bytes(self) -> list[bytes]:
         if self._token_bytes is None:
-            # Each stand-in character -> its byte, as a str.translate table: then latin-1 gives the bytes.
-            to_bytes = {ord(ch): b for ch, b in _byte_level_alphabet().items()}
             special = {t.content for t in self._hf.get_added_tokens_decoder().values()}
+            if self.style == BYTE_LEVEL:
+                piece_bytes = _byte_level_piece_bytes()
+            else:
+                piece_bytes = _sentencepiece_piece_bytes
             table = []
             for i in range(self.vocab_size):
                 piece = self._hf.id_to_token(i)
-                if piece in special:
-                    table.append(piece.encode("utf-8"))
-                else:
-                    table.append(piece.translate(to_bytes).encode("latin-1"))
+                table.append(piece.encode("utf-8") if piece in special else piece_bytes(piece))
             self._token_bytes = table
         return self._token_bytes
 
+    def continuation_tokenizer(self) -> Any:
+        """A ``tokenizers.Tokenizer`` for text that continues a document: SentencePiece-style
+        tokenizers put a space ("▁") before every text they encode, which is right only at the
+        start of a document; this copy leaves it out. Byte-level BPE adds nothing: itself."""
+        if self.style != SENTENCEPIECE:
+            return self._hf
+        from tokenizers import Tokenizer as HFTokenizer
+
+        spec = json.loads(self._hf.to_str())
+        normalizer = spec.get("normalizer") or {}
+        if normalizer.get("type") == "Prepend":
+            spec["normalizer"] = None
+        elif normalizer.get("type") == "Sequence":
+            normalizer["normalizers"] = [n for n in normalizer["normalizers"] if n.get("type") != "Prepend"]
+        for part in (spec.get("pre_tokenizer"), spec.get("decoder")):
+            steps = (part or {}).get("pretokenizers") or (part or {}).get("decoders") or [part or {}]
+            for step in steps:
+                if step.get("type") == "Metaspace":
+                    step["prepend_scheme"] = "never"
+                    step.pop("add_prefix_space", None)
+        return HFTokenizer.from_str(json.dumps(spec))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"format": TOKENIZER_FORMAT, "kind": "bpe", "hf_tokenizer": json.loads(self._hf.to_str())}
+        data = {"format": TOKENIZER_FORMAT, "kind": "bpe", "hf_tokenizer": json.loads(self._hf.to_str())}
+        if self.eos_token != EOT_TEXT:
+            data["eos_token"] = self.eos_token
+        return data
+
+
+def _byte_level_piece_bytes() -> Callable[[str], bytes]:
+    # Each stand-in character -> its byte, as a str.translate table: then latin-1 gives the bytes.
+    to_bytes = {ord(ch): b for ch, b in _byte_level_alphabet().items()}
+    return lambda piece: piece.translate(to_bytes).encode("latin-1")
+
+
+def _sentencepiece_piece_bytes(piece: str) -> bytes:
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return bytes([int(piece[3:5], 16)])
+        except ValueError:
+            pass
+    return piece.replace("\u2581", " ").encode("utf-8")
 
 
 def check_bpe_vocab_size(vocab_size: int | None) -> int:
@@ -308,7 +388,8 @@ def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer") -> Toke
     if kind == "bpe":
         from tokenizers import Tokenizer as HFTokenizer
 
-        return BPETokenizer(HFTokenizer.from_str(json.dumps(data["hf_tokenizer"])))
+        hf = HFTokenizer.from_str(json.dumps(data["hf_tokenizer"]))
+        return BPETokenizer(hf, eos_token=data.get("eos_token", EOT_TEXT))
     raise DataError(f"{source}: unknown tokenizer kind {kind!r}; expected char, byte or bpe")
 
 

@@ -206,7 +206,7 @@ def export_tokenizer(tokenizer: Any, out_dir: str | Path, model_max_length: int 
         "clean_up_tokenization_spaces": False,
     }
     if eos is not None:
-        settings.update(eos_token=EOT_TEXT, bos_token=EOT_TEXT)
+        settings.update(eos_token=tokenizer.eot_text, bos_token=tokenizer.eot_text)
     if model_max_length is not None:
         settings["model_max_length"] = model_max_length
     settings["nima_tokenizer"] = tokenizer.to_dict()  # import_huggingface restores it exactly
@@ -223,7 +223,8 @@ def import_huggingface(folder: str | Path) -> tuple[GPT, Any]:
     """Load a ``transformers`` GPT-2, Llama or Qwen3 folder as a Nima ``GPT`` (in eval mode).
 
     Returns ``(model, tokenizer)``; the tokenizer is None unless the folder's ``tokenizer.json``
-    is byte-level BPE (GPT-2's kind) or one that :func:`export_tokenizer` wrote.
+    is byte-level BPE (GPT-2, Qwen), SentencePiece-style BPE with byte fallback (Llama 2, Mistral)
+    or one that :func:`export_tokenizer` wrote. Its end-of-text token is the model's own.
     """
     folder = Path(folder)
     config_path = folder / "config.json"
@@ -356,7 +357,7 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _import_tokenizer(folder: Path) -> Any:
-    from nima.data.tokenizer import BPETokenizer, tokenizer_from_dict
+    from nima.data.tokenizer import BPETokenizer, bpe_style, tokenizer_from_dict
 
     settings_path = folder / "tokenizer_config.json"
     settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
@@ -368,8 +369,28 @@ def _import_tokenizer(folder: Path) -> Any:
     from tokenizers import Tokenizer as HFTokenizer
 
     hf = HFTokenizer.from_file(str(path))
-    # Byte-level BPE (GPT-2, Qwen, SmolLM ...) decodes through the ByteLevel decoder, whatever
-    # splitting comes before it; SentencePiece-style vocabularies (Llama 2) do not.
-    if type(hf.decoder).__name__ != "ByteLevel" or type(hf.model).__name__ != "BPE":
+    # Byte-level BPE (GPT-2, Qwen, SmolLM ...) and SentencePiece-style BPE with byte fallback
+    # (Llama 2, Mistral) map every token to bytes; other models (WordPiece, Unigram) do not.
+    if bpe_style(hf) is None:
         return None
-    return BPETokenizer(hf)
+    return BPETokenizer(hf, eos_token=_eos_token(hf, settings, folder))
+
+
+def _eos_token(hf: Any, settings: dict[str, Any], folder: Path) -> str:
+    """The model's end-of-text token: tokenizer_config.json's ``eos_token``, else the id that
+    generation_config.json or config.json names, else GPT-2's ``<|endoftext|>``."""
+    from nima.data.tokenizer import EOT_TEXT
+
+    named = settings.get("eos_token")
+    if isinstance(named, dict):  # {"content": "</s>", "lstrip": false, ...}
+        named = named.get("content")
+    if isinstance(named, str) and hf.token_to_id(named) is not None:
+        return named
+    for name in ("generation_config.json", "config.json"):
+        file = folder / name
+        eos_id = json.loads(file.read_text(encoding="utf-8")).get("eos_token_id") if file.is_file() else None
+        if isinstance(eos_id, list):
+            eos_id = eos_id[0] if eos_id else None
+        if isinstance(eos_id, int) and hf.id_to_token(eos_id) is not None:
+            return hf.id_to_token(eos_id)
+    return EOT_TEXT

@@ -48,8 +48,9 @@ def main(argv: list[str]) -> int:
     model, tokenizer = import_huggingface(args.hf_model)
     if tokenizer is None:
         raise ConfigError(
-            f"{args.hf_model}: its tokenizer.json is not byte-level BPE (nor one Nima exported), so "
-            "Nima cannot tokenize for it; use import_huggingface() from Python with your own ids"
+            f"{args.hf_model}: its tokenizer.json is neither byte-level nor SentencePiece-style BPE (nor "
+            "one Nima exported), so Nima cannot tokenize for it; use import_huggingface() from Python "
+            "with your own token ids"
         )
     save_model_checkpoint(model, tokenizer, target, source={"huggingface": str(args.hf_model.resolve())})
     print(
