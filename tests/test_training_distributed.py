@@ -28,6 +28,7 @@ WORKER = textwrap.dedent(
     from nima.training import Trainer, TrainingConfig
 
     prepared_path, out = sys.argv[1], sys.argv[2]
+    compiled = sys.argv[3:] == ["compile"]
     ctx = init_distributed("cpu")
     data = load_prepared(prepared_path)
     ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
@@ -39,7 +40,8 @@ WORKER = textwrap.dedent(
     model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
                                      n_layers=1, d_ff=64, max_seq_len=32, dropout=0.1))
     cfg = TrainingConfig(max_steps=4, batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
-                         output_dir=out, eval_every=2, eval_batches=2, log_every=1, progress_bar=False)
+                         output_dir=out, eval_every=2, eval_batches=2, log_every=1, progress_bar=False,
+                         compile=compiled)
     trainer = Trainer(model, cfg, loader, loader)
     results = trainer.train()
     flat = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
@@ -61,11 +63,12 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path) -> None:
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "torch.compile"])
+def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path, compiled: bool) -> None:
     prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    report, stdout = _torchrun(script, prepared.path, tmp_path / "out")
+    report, stdout = _torchrun(script, prepared.path, tmp_path / "out", *(["compile"] if compiled else []))
     assert report["world_size"] == 2
     assert report["max_param_diff"] == 0.0  # same weights on both ranks after training
     assert not report["same_first_batch"]  # each rank reads its own shard
