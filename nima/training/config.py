@@ -71,7 +71,7 @@ class TrainingConfig:
     """auto (decide from the hardware), or force fp32, bf16 or fp16."""
     compile: bool = False
     """torch.compile the model: fused kernels, for a compilation of tens of seconds at start. Pays
-    on GPUs and on long CPU runs (about 1.08x per step at the tiny Shakespeare shape on 2 cores);
+    on GPUs and on long CPU runs (1.06-1.08x per step at the tiny Shakespeare shape on 2 cores);
     on a CPU it needs a C++ compiler (g++, or $CXX)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (when the model supports it)."""
