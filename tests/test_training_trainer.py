@@ -383,7 +383,7 @@ def test_gradient_checkpointing_flag(prepared, tmp_path: Path) -> None:
     assert model.config.gradient_checkpointing is True
 
 
-def test_compiled_training_matches_eager(prepared, tmp_path: Path) -> None:
+def test_compiled_training_matches_eager(prepared, tmp_path: Path, capsys) -> None:
     """training.compile (Inductor): the same losses and checkpoint keys as eager."""
     runs = {}
     for compiled in (False, True):
@@ -399,6 +399,7 @@ def test_compiled_training_matches_eager(prepared, tmp_path: Path) -> None:
         runs[compiled] = (list(recorder.losses.values()), sorted(saved["model"]))
     assert runs[True][0] == pytest.approx(runs[False][0], abs=1e-4)
     assert runs[True][1] == runs[False][1]  # no torch.compile prefix in the saved weights
+    assert capsys.readouterr().out.count("torch.compile: the first step compiles the model") == 1
 
 
 def test_compile_without_a_cpp_compiler_says_how_to_fix(prepared, tmp_path: Path, monkeypatch) -> None:

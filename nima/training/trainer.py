@@ -870,6 +870,8 @@ class Trainer:
         self._say(f"training {n_params / 1e6:.2f}M parameters on {where}; {self.precision.describe()}")
         if self.step:
             self._say(f"resuming at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+        if self.config.compile:
+            self._say("torch.compile: the first step compiles the model (tens of seconds, less when cached)")
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
