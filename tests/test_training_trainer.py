@@ -406,3 +406,65 @@ def test_compile_without_a_cpp_compiler_says_how_to_fix(prepared, tmp_path: Path
     monkeypatch.setenv("CXX", "no-such-c++-compiler")
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*training.compile: false"):
         Trainer(tiny_model(prepared), config(tmp_path, compile=True), small_loader(prepared, tokens=1000))
+
+
+def test_background_saver_writes_the_state_as_it_was_and_reports_errors() -> None:
+    import threading
+
+    from nima.training.background_save import BackgroundSaver
+
+    saver = BackgroundSaver()
+    weight = torch.zeros(3)
+    release, written = threading.Event(), {}
+
+    def slow_write(snapshot):
+        release.wait(timeout=10)
+        written.update(snapshot)
+
+    saver.submit({"w": weight, "step": 1, "nested": [weight]}, slow_write)
+    weight += 1  # training goes on while the write is in flight
+    assert saver.busy
+    release.set()
+    saver.wait()
+    assert written["w"].tolist() == [0, 0, 0] and written["nested"][0].tolist() == [0, 0, 0]
+
+    def failing_write(snapshot):
+        raise OSError("No space left on device")
+
+    saver.submit({"w": weight}, failing_write)
+    with pytest.raises(CheckpointError, match="in the background failed: No space left"):
+        saver.close()
+
+
+def test_async_checkpoints_hold_what_synchronous_ones_do(prepared, tmp_path: Path) -> None:
+    saved = {}
+    for background in (False, True):
+        cfg = config(tmp_path / str(background), max_steps=6, save_every=2, async_checkpoint=background)
+        trainer = Trainer(tiny_model(prepared), cfg, small_loader(prepared, tokens=2000))
+        trainer.train()
+        assert not trainer._saver.busy
+        saved[background] = {
+            p.name: torch.load(p, map_location="cpu", weights_only=True)
+            for p in sorted(trainer.checkpoint_dir.glob("step_*.pt"))
+        }
+    assert list(saved[True]) == ["step_2.pt", "step_4.pt", "step_6.pt"] == list(saved[False])
+    for name, sync in saved[False].items():
+        background = saved[True][name]
+        assert background["step"] == sync["step"]
+        for key, tensor in sync["model"].items():
+            assert torch.equal(background["model"][key], tensor), (name, key)
+        for index, state in sync["optimizer"]["state"].items():
+            assert torch.equal(background["optimizer"]["state"][index]["exp_avg"], state["exp_avg"])
+
+
+def test_a_failed_background_write_stops_the_run_with_an_error(prepared, tmp_path: Path, monkeypatch) -> None:
+    import nima.training.trainer as trainer_module
+
+    def full_disk(state, path):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(trainer_module, "atomic_save", full_disk)
+    cfg = config(tmp_path, max_steps=4, save_every=2, async_checkpoint=True)
+    trainer = Trainer(tiny_model(prepared), cfg, small_loader(prepared, tokens=1000))
+    with pytest.raises(CheckpointError, match="in the background failed: No space left on device"):
+        trainer.train()

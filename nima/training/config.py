@@ -96,6 +96,9 @@ class TrainingConfig:
     """Save checkpoints/epoch_N.pt at the end of each epoch."""
     keep_last_checkpoints: int | None = None
     """Keep only the newest K step_N.pt (and epoch_N.pt) files; null (default) keeps all."""
+    async_checkpoint: bool = False
+    """Write checkpoints on a background thread from a copy in host memory, so training does not
+    wait for the disk (for large models; costs one more copy of the model and optimizer state)."""
     output_dir: str = "experiments"
     """Where checkpoints/ and logs/ go."""
     early_stopping_patience: int | None = None

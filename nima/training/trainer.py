@@ -29,6 +29,7 @@ from nima.distributed.fsdp import (
     load_full_optimizer_state,
 )
 from nima.errors import CheckpointError, ConfigError
+from nima.training.background_save import BackgroundSaver
 from nima.training.callbacks import EarlyStopping, MetricsTracker, ProgressPrinter
 from nima.training.checkpoint import (
     FORMAT,
@@ -211,6 +212,7 @@ class Trainer:
         self.should_stop = False
         self.stop_reason: str | None = None
         self._stop = StopSignal()
+        self._saver = BackgroundSaver()
         self.progress: ProgressPrinter | None = None
         self._iter: Iterator | None = None
         self._exhausted = False
@@ -349,6 +351,7 @@ class Trainer:
         train_loss = None
         self.raw_model.train()
         self._stop.install()  # uninstalled in the finally below
+        completed = False
         try:
             while self.step < self.total_steps and not self.should_stop:
                 if self._iter is None:
@@ -409,6 +412,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 last_checkpoint = self.save_checkpoint(f"step_{self.step}")
                 self._overhead_s += time.perf_counter() - t0
+            completed = True
         except KeyboardInterrupt:
             # A second Ctrl-C (the first stops at a step boundary and saves): the step under way may
             # be half applied, so nothing is saved; the last checkpoint written is intact.
@@ -419,6 +423,7 @@ class Trainer:
             raise
         finally:
             self._stop.uninstall()
+            self._finish_background_save(raise_errors=completed)
             wall = time.perf_counter() - wall_start
         tokens = self.tokens_seen - start_tokens
         train_s = max(wall - self._overhead_s, 1e-9)
@@ -743,12 +748,35 @@ class Trainer:
         gathered = self._gather_for_checkpoint() if all_ranks else {}
         if not self.is_main:
             return path
-        atomic_save(self.checkpoint_state(gathered), path)
+        state = self.checkpoint_state(gathered)
+        if self.config.async_checkpoint:
+            self._saver.submit(state, lambda snapshot: self._write_checkpoint(snapshot, path))
+        else:
+            self._write_checkpoint(state, path)
+        self._call("on_save", self, path)
+        return path
+
+    def _write_checkpoint(self, state: dict[str, Any], path: Path) -> None:
+        atomic_save(state, path)
         for prefix in ("step", "epoch"):
             if path.name.startswith(prefix + "_"):
                 prune_checkpoints(path.parent, prefix, self.config.keep_last_checkpoints, protect=path)
-        self._call("on_save", self, path)
-        return path
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until a checkpoint being written in the background (``async_checkpoint``) is on
+        disk; raises the error if writing it failed. ``train()`` does this before it returns."""
+        self._saver.wait()
+
+    def _finish_background_save(self, raise_errors: bool) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._saver.close()
+        except CheckpointError as err:
+            if raise_errors:
+                raise
+            warnings.warn(str(err), stacklevel=3)  # another error is already on its way out
+        finally:
+            self._overhead_s += time.perf_counter() - t0
 
     def _gather_for_checkpoint(self) -> dict[str, Any]:
         """What every rank contributes to a checkpoint (a collective under torchrun)."""
@@ -765,6 +793,7 @@ class Trainer:
         Raises CheckpointError when the checkpoint's model config or tokenizer does not match
         this run. ``weights_only_model=True`` loads only the model weights (fine-tuning).
         """
+        self._saver.wait()  # the file may be the one still being written
         ckpt = load_checkpoint_file(path, map_location="cpu")
         model_config = getattr(self.raw_model, "config", None)
         if ckpt.get("model_config") and hasattr(model_config, "to_dict"):
