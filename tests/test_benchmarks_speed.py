@@ -178,3 +178,16 @@ def test_op_scaling_groups_the_step_by_operator_family():
     figures = bench.profile_step(threads=1, steps=2, batch=2)
     assert {"matmul", "attention", "gelu", "optimizer"} <= figures.keys()
     assert all(ms > 0 for ms in figures.values())
+
+
+def test_checkpoint_stall_benchmark_tiny():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "checkpoint_stall.py"), "--d_model", "32", "--n_layers", "1",
+         "--saves", "2", "--train_s", "0"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert [x.get("mode") for x in lines[:2]] == ["sync", "async"]
+    assert lines[0]["checkpoint_mb"] == pytest.approx(lines[1]["checkpoint_mb"], abs=0.01)  # ties kept
+    assert "stall_ratio_sync_vs_async" in lines[2]

@@ -455,6 +455,9 @@ def test_async_checkpoints_hold_what_synchronous_ones_do(prepared, tmp_path: Pat
             assert torch.equal(background["model"][key], tensor), (name, key)
         for index, state in sync["optimizer"]["state"].items():
             assert torch.equal(background["optimizer"]["state"][index]["exp_avg"], state["exp_avg"])
+        # Tied embedding and output weights stay one tensor in the file, as torch.save keeps them.
+        tied = background["model"]["tok_emb.weight"], background["model"]["lm_head.weight"]
+        assert tied[0].data_ptr() == tied[1].data_ptr()
 
 
 def test_a_failed_background_write_stops_the_run_with_an_error(prepared, tmp_path: Path, monkeypatch) -> None:

@@ -18,14 +18,23 @@ import torch
 from nima.errors import CheckpointError
 
 
-def host_copy(obj: Any) -> Any:
-    """``obj`` with every tensor copied to CPU memory (training may change the originals in place)."""
+def host_copy(obj: Any, _copies: dict[tuple, torch.Tensor] | None = None) -> Any:
+    """``obj`` with every tensor copied to CPU memory (training may change the originals in place).
+
+    Tensors that are the same view of the same memory (tied embedding and output weights) stay
+    one tensor, so the file stores them once, as ``torch.save`` of the originals would.
+    """
+    copies = {} if _copies is None else _copies
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        key = (obj.device, obj.untyped_storage().data_ptr(), obj.storage_offset(), obj.dtype,
+               tuple(obj.shape), obj.stride())  # fmt: skip
+        if key not in copies:
+            copies[key] = obj.detach().to("cpu", copy=True)
+        return copies[key]
     if isinstance(obj, dict):
-        return {key: host_copy(value) for key, value in obj.items()}
+        return {key: host_copy(value, copies) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(host_copy(value) for value in obj)
+        return type(obj)(host_copy(value, copies) for value in obj)
     return obj
 
 
