@@ -14,7 +14,8 @@ from nima.errors import ConfigError
 
 def cpp_compiler() -> str:
     """The C++ compiler Inductor's CPU backend calls: ``$CXX``, else its platform default."""
-    return os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    default = {"darwin": "clang++", "win32": "cl"}.get(sys.platform, "g++")
+    return os.environ.get("CXX") or default
 
 
 def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
