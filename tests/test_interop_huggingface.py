@@ -181,6 +181,43 @@ def test_import_reads_sentencepiece_style_tokenizers(tmp_path: Path) -> None:
     assert auto.encode(sample, add_special_tokens=False) == ids and auto.eos_token == "</s>"
 
 
+def test_a_sentencepiece_model_imports_prepares_fine_tunes_and_generates_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # configs/ is relative to the checkout
+    hf = _llama2_style_tokenizer()
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(arch="llama", vocab_size=hf.get_vocab_size(), d_model=32, n_heads=4, n_layers=1,
+                            d_ff=64, max_seq_len=32))  # fmt: skip
+    export_huggingface(model, tmp_path / "hf")
+    hf.save(str(tmp_path / "hf" / "tokenizer.json"))
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>"}}))
+    assert main(["import", "--hf_model", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")]) == 0
+
+    text = tmp_path / "romeo.txt"
+    text.write_text("ROMEO: But soft, what light through yonder window breaks?\n" * 60)
+    out = tmp_path / "finetuned"
+    imported = tmp_path / "imported"
+    train = [
+        "train", "--config", "configs/cpu_quick.yaml",
+        "--init_from", str(imported / "checkpoints" / "model.pt"),
+        f"--data.dataset={text}", f"--data.tokenizer={imported / 'tokenizer.json'}",
+        f"--data.data_dir={tmp_path / 'data'}", f"--training.output_dir={out}", "--training.batch_size=4",
+        "--training.max_steps=3", "--training.eval_every=0", "--training.progress_bar=false",
+    ]  # fmt: skip
+    assert main(train) == 0, capsys.readouterr().err
+    train_bin = next((tmp_path / "data").rglob("train.bin"))
+    prepared = np.fromfile(train_bin, dtype=np.uint16).tolist()[:-50]  # clear of the train/val cut
+    assert len(prepared) > 500  # several pieces of 1 KiB: "▁" is added before the first one only
+    assert prepared == hf.encode(text.read_text(), add_special_tokens=False).ids[: len(prepared)]
+
+    capsys.readouterr()
+    generate = ["generate", "--checkpoint", str(out / "checkpoints" / "step_3.pt"), "--prompt", "ROMEO:",
+                "--max_new_tokens", "5", "--seed", "0"]  # fmt: skip
+    assert main(generate) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+
+
 def test_sentencepiece_style_corpora_encode_piece_by_piece_as_one_text(monkeypatch) -> None:
     """Preparation cuts text into pieces; only a document's first gets SentencePiece's space."""
     from nima.data import stream_encoders
