@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from nima.errors import ConfigError
+from nima.errors import ConfigError, DataError
 from nima.models import GPT, ModelConfig
 
 
@@ -357,7 +357,7 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _import_tokenizer(folder: Path) -> Any:
-    from nima.data.tokenizer import BPETokenizer, bpe_style, tokenizer_from_dict
+    from nima.data.tokenizer import BPETokenizer, tokenizer_from_dict
 
     settings_path = folder / "tokenizer_config.json"
     settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
@@ -370,10 +370,11 @@ def _import_tokenizer(folder: Path) -> Any:
 
     hf = HFTokenizer.from_file(str(path))
     # Byte-level BPE (GPT-2, Qwen, SmolLM ...) and SentencePiece-style BPE with byte fallback
-    # (Llama 2, Mistral) map every token to bytes; other models (WordPiece, Unigram) do not.
-    if bpe_style(hf) is None:
+    # (Llama 2, Mistral) map every token to bytes; BPETokenizer refuses the others (WordPiece, Unigram).
+    try:
+        return BPETokenizer(hf, eos_token=_eos_token(hf, settings, folder))
+    except DataError:
         return None
-    return BPETokenizer(hf, eos_token=_eos_token(hf, settings, folder))
 
 
 def _eos_token(hf: Any, settings: dict[str, Any], folder: Path) -> str:

@@ -29,9 +29,10 @@ def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
     Raises ConfigError when compiling for a CPU and no C++ compiler is on PATH (Inductor would
     otherwise fail deep inside the first step).
     """
-    if device.type == "cpu" and shutil.which(cpp_compiler()) is None:
+    compiler = cpp_compiler()
+    if device.type == "cpu" and shutil.which(compiler) is None:
         raise ConfigError(
-            f"training.compile on a CPU needs a C++ compiler and {cpp_compiler()!r} was not found; "
+            f"training.compile on a CPU needs a C++ compiler and {compiler!r} was not found; "
             "install one (e.g. apt install g++), point CXX at it, or set training.compile: false"
         )
     return torch.compile(model)
