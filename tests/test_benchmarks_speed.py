@@ -175,6 +175,9 @@ def test_op_scaling_groups_the_step_by_operator_family():
     assert bench.family("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention"
     assert bench.family("aten::addmm") == "matmul" and bench.family("aten::gelu_backward") == "gelu"
     assert bench.family("aten::view") == "other"
+    assert bench.family("graph_0_cpp_fused_gelu_view_2") == "fused"  # Inductor kernels (--compile)
+    assert bench.family("## Call CompiledFxGraph fabc123") == "graph calls"
+    assert bench.family("Optimizer.step#AdamW.step") is None  # wraps aten ops counted already
     figures = bench.profile_step(threads=1, steps=2, batch=2)
     assert {"matmul", "attention", "gelu", "optimizer"} <= figures.keys()
     assert all(ms > 0 for ms in figures.values())
