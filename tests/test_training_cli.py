@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,38 @@ def test_sigterm_saves_and_resume_continues(tmp_path: Path) -> None:
     assert (
         torch.load(out / "checkpoints" / "step_400.pt", map_location="cpu", weights_only=True)["step"] == 400
     )
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    # SIGKILL (out of memory, a node lost): no handler runs. The same command resumes from the last
+    # periodic checkpoint and removes what a write cut short left behind.
+    out = tmp_path / "run"
+    command = [sys.executable, "scripts/train.py", "--config", "configs/cpu_quick.yaml", "--resume",
+               "--training.max_steps=400", "--training.save_every=4", "--training.eval_every=0",
+               f"--training.output_dir={out}", *TINY]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "step_8.pt").is_file():
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.05)
+    job.kill()
+    job.communicate(timeout=60)
+    assert job.returncode == -signal.SIGKILL
+    last = max(torch.load(p, map_location="cpu", weights_only=True)["step"]
+               for p in (out / "checkpoints").glob("step_*.pt"))  # fmt: skip
+    assert 8 <= last < 400
+    # What a kill during a save leaves: the temporary file, named after its (now dead) writer.
+    partial = out / "checkpoints" / f".step_{last + 4}.pt.{socket.gethostname()}-{job.pid}.abcd1234.tmp"
+    partial.write_bytes(b"half a checkpoint")
+
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming at step {last}" in again.stdout
+    assert f"removed {partial.name}" in again.stdout and not partial.exists()
+    final = torch.load(out / "checkpoints" / "step_400.pt", map_location="cpu", weights_only=True)
+    assert final["step"] == 400
 
 
 @pytest.mark.parametrize(

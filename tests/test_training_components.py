@@ -29,6 +29,7 @@ from nima.training.checkpoint import (
     clean_state_dict,
     load_checkpoint_file,
     prune_checkpoints,
+    remove_partial_checkpoints,
     restore_rng_state,
 )
 from nima.training.precision import cpu_has_bf16
@@ -313,6 +314,35 @@ def test_atomic_save_and_safe_load(tmp_path: Path) -> None:
     atomic_save({"format": "nima-checkpoint-v1", "model": {"w": torch.ones(2)}}, path)
     assert load_checkpoint_file(path)["model"]["w"].tolist() == [1.0, 1.0]
     assert [p.name for p in path.parent.iterdir()] == ["a.pt"]  # no temporary files left
+
+
+def test_partial_checkpoints_of_killed_writers_are_removed(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    host = socket.gethostname()
+    names = {
+        "killed_here": f".step_5.pt.{host}-{dead}.k1ll3d_x.tmp",
+        "writing_here": f".step_6.pt.{host}-{os.getpid()}.l1v3_xyz.tmp",
+        "other_node_fresh": ".step_6.pt.node-7.cluster-123.abcd1234.tmp",
+        "other_node_old": ".step_4.pt.node-7.cluster-122.abcd1234.tmp",
+        "checkpoint": "step_4.pt",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(tmp_path / names["other_node_old"], (two_days_ago, two_days_ago))
+    removed = remove_partial_checkpoints(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([names["killed_here"], names["other_node_old"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [names["writing_here"], names["other_node_fresh"], names["checkpoint"]]
+    )
+    assert remove_partial_checkpoints(tmp_path / "missing") == []
 
 
 def test_bad_checkpoint_files(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 A checkpoint is ``torch.save`` of a plain dict (format ``nima-checkpoint-v1``) holding only
 tensors, numbers, strings, lists and dicts, so it always loads with ``weights_only=True``: no
 pickled code is ever run. Files are written to a temporary file in the same folder, flushed,
-fsynced and renamed over the target, so a crash never leaves a half-written checkpoint.
+fsynced and renamed over the target, so a crash never leaves a half-written checkpoint. The
+temporary file's name carries the writer's host and process id, so that the next run can delete
+what a killed writer left behind (``remove_partial_checkpoints``) without touching a live write.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import os
 import pickle
 import random
 import re
+import socket
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,11 +43,17 @@ RUNTIME_MODEL_KEYS = frozenset(
 )
 
 
+# Temporary checkpoint files (".<name>.<host>-<pid>.<random>.tmp") older than this are removed
+# whoever wrote them: no save takes a day.
+PARTIAL_STALE_AFTER_S = 24 * 3600
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    writer = f"{socket.gethostname()}-{os.getpid()}"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{writer}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
@@ -259,6 +269,41 @@ def step_checkpoints(folder: Path, prefix: str) -> list[Path]:
         if m:
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def _local_writer_is_gone(tmp_name: str) -> bool:
+    """Whether the temporary file was written on this host by a process that no longer exists."""
+    match = re.fullmatch(rf"\..+\.{re.escape(socket.gethostname())}-(\d+)\.\w+\.tmp", tmp_name)
+    if match is None:
+        return False  # another node's (or an older format's): only its age can tell
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists, run by another user
+    return False
+
+
+def remove_partial_checkpoints(
+    folder: str | Path, stale_after_s: float = PARTIAL_STALE_AFTER_S
+) -> list[Path]:
+    """Delete the temporary files that writers killed mid-save left in ``folder``; returns them.
+
+    A file goes when its writer (host and pid in its name) no longer runs on this host, or when
+    it is older than ``stale_after_s`` (a writer on another node); a write in progress stays.
+    """
+    folder = Path(folder)
+    removed = []
+    now = time.time()
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        try:
+            if _local_writer_is_gone(tmp.name) or now - tmp.stat().st_mtime > stale_after_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            pass  # its writer finished or removed it meanwhile
+    return removed
 
 
 def newest_checkpoint(output_dir: str | Path) -> Path | None:

@@ -41,6 +41,7 @@ from nima.training.checkpoint import (
     model_config_mismatches,
     newest_checkpoint,
     prune_checkpoints,
+    remove_partial_checkpoints,
     restore_rank_rng_state,
     restore_rng_state,
     tokenizer_mismatches,
@@ -336,6 +337,9 @@ class Trainer:
         start_step, start_tokens = self.step, self.tokens_seen
         self.progress = self._make_progress()
         self._announce()
+        if self.is_main:
+            for leftover in remove_partial_checkpoints(self.checkpoint_dir):
+                self._say(f"removed {leftover.name}: a checkpoint that a killed run did not finish writing")
         self._call("on_train_begin", self)
         wall_start = time.perf_counter()
         self._overhead_s = 0.0  # evaluation + checkpoint time, excluded from tokens/s
