@@ -183,7 +183,7 @@ FSDP_WORKER = textwrap.dedent(
         def on_step_end(self, trainer, metrics):
             trainer.should_stop = trainer.step >= 2
 
-    def run(strategy, folder, stop=False, resume=None):
+    def run(strategy, folder, stop=False, resume=None, precision="fp32"):
         ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
                                 tokenizer_identity=data.tokenizer.identity(), prepared_path=data.path)
         loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True,
@@ -193,11 +193,15 @@ FSDP_WORKER = textwrap.dedent(
                                          n_layers=2, d_ff=64, max_seq_len=32, dropout=0.1))
         cfg = TrainingConfig(max_steps=4, batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
                              output_dir=f"{out}/{folder}", eval_every=2, eval_batches=2, save_every=2,
-                             log_every=1, progress_bar=False, distributed_strategy=strategy)
+                             log_every=1, progress_bar=False, distributed_strategy=strategy,
+                             precision=precision)
         trainer = Trainer(model, cfg, loader, loader, callbacks=[StopAt()] if stop else [])
+        seen = []  # the dtype of a block's weight while the block runs
+        model.blocks[0].attn.qkv.register_forward_pre_hook(lambda m, args: seen.append(str(m.weight.dtype)))
         if resume:
             trainer.load_checkpoint(f"{out}/{resume}/checkpoints/step_2.pt")
         results = trainer.train()
+        results["weight_dtypes_in_forward"] = sorted(set(seen))
         return trainer, results
 
     fsdp, results = run("fsdp", "fsdp")
@@ -205,6 +209,8 @@ FSDP_WORKER = textwrap.dedent(
     run("fsdp", "first", stop=True)
     run("fsdp", "resumed", resume="first")
     run("ddp", "ddp_from_fsdp", resume="first")
+    _, fsdp_bf16 = run("fsdp", "fsdp_bf16", precision="bf16")
+    _, ddp_bf16 = run("ddp", "ddp_bf16", precision="bf16")
     if ctx.rank == 0:
         def final(folder):
             return torch.load(f"{out}/{folder}/checkpoints/step_4.pt", weights_only=True)
@@ -221,6 +227,11 @@ FSDP_WORKER = textwrap.dedent(
             "fsdp_vs_ddp": diff(final("fsdp"), final("ddp")),
             "fsdp_resumed_vs_straight": diff(final("fsdp"), final("resumed")),
             "ddp_resumed_from_fsdp_vs_ddp": diff(final("ddp"), final("ddp_from_fsdp")),
+            "fp32_weights_in_forward": results["weight_dtypes_in_forward"],
+            "bf16_weights_in_forward": {"fsdp": fsdp_bf16["weight_dtypes_in_forward"],
+                                        "ddp": ddp_bf16["weight_dtypes_in_forward"]},
+            "bf16_val_loss": {"fsdp": fsdp_bf16["final_val_loss"], "ddp": ddp_bf16["final_val_loss"]},
+            "bf16_checkpoint_dtypes": sorted({str(t.dtype) for t in final("fsdp_bf16")["model"].values()}),
         }))
     cleanup()
     """
@@ -239,6 +250,13 @@ def test_fsdp_matches_ddp_and_resumes_exactly(tmp_path: Path, session_data_dir: 
     assert report["fsdp_resumed_vs_straight"] == 0.0
     # A checkpoint written by the sharded run resumes under DDP (one on-disk layout for both).
     assert report["ddp_resumed_from_fsdp_vs_ddp"] < 1e-5
+    # bf16: FSDP gathers the weights in bf16 (DDP's stay fp32 under autocast), checkpoints stay fp32,
+    # and training goes the same way (bf16 rounding of the weights is the only difference).
+    assert report["fp32_weights_in_forward"] == ["torch.float32"]
+    assert report["bf16_weights_in_forward"] == {"fsdp": ["torch.bfloat16"], "ddp": ["torch.float32"]}
+    assert report["bf16_checkpoint_dtypes"] == ["torch.float32"]
+    losses = report["bf16_val_loss"]
+    assert abs(losses["fsdp"] - losses["ddp"]) < 0.01, losses
 
 
 def _torchrun(script: Path, prepared: Path, out: Path, *extra: str) -> tuple[dict, str]:

@@ -134,13 +134,18 @@ STRATEGIES = ("ddp", "fsdp")
 
 
 def wrap_model(
-    model: torch.nn.Module, ctx: DistributedContext, device: torch.device, strategy: str = "ddp"
+    model: torch.nn.Module,
+    ctx: DistributedContext,
+    device: torch.device,
+    strategy: str = "ddp",
+    param_dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
     """Make ``model`` data-parallel when running multi-process (else return it as it is).
 
     ``ddp``: DistributedDataParallel, which broadcasts rank 0's parameters at construction so all
     ranks start identical. ``fsdp``: FSDP2 applied in place (returns ``model`` itself, sharded),
-    after the same broadcast of rank 0's weights.
+    after the same broadcast of rank 0's weights; ``param_dtype`` is the dtype FSDP gathers
+    parameters in for the forward and backward (None: as stored, fp32).
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"distributed strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -149,7 +154,7 @@ def wrap_model(
     if strategy == "fsdp":
         from nima.distributed.fsdp import shard_model
 
-        return shard_model(model, device)
+        return shard_model(model, device, param_dtype)
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = (

@@ -27,11 +27,16 @@ def _fully_shard():
     return fully_shard
 
 
-def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def shard_model(
+    model: torch.nn.Module, device: torch.device, param_dtype: torch.dtype | None = None
+) -> torch.nn.Module:
     """Apply FSDP2 to ``model`` in place (every block in ``model.blocks``, then the root).
 
     Rank 0's parameters and buffers are broadcast first, so that, as with DDP, every rank starts
-    from the same weights however each one created its model.
+    from the same weights however each one created its model. With ``param_dtype`` (bf16 training)
+    the parameters are gathered in that dtype, which halves the all-gather traffic and the memory of
+    the gathered block, while gradients are reduced and the sharded weights and optimizer state
+    kept in fp32 (FSDP2's ``MixedPrecisionPolicy``).
     """
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -40,9 +45,14 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
         for tensor in [*model.parameters(), *model.buffers()]:
             dist.broadcast(tensor, src=0)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    options: dict[str, Any] = {"mesh": mesh}
+    if param_dtype is not None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in getattr(model, "blocks", ()):
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, **options)
+    fully_shard(model, **options)
     return model
 
 

@@ -143,7 +143,10 @@ class Trainer:
 
         if config.distributed_strategy == "fsdp":
             # FSDP2 shards the module in place; compile (if asked) then wraps the sharded module.
-            wrap_model(self.raw_model, self.dist, self.device, "fsdp")
+            # In bf16 the parameters are gathered in bf16 (half the traffic); fp16 keeps fp32
+            # parameters under autocast, where its gradient scaler is known to work.
+            param_dtype = torch.bfloat16 if self.precision.name == "bf16" else None
+            wrap_model(self.raw_model, self.dist, self.device, "fsdp", param_dtype=param_dtype)
             self.model = compile_model(self.raw_model, self.device) if config.compile else self.raw_model
         else:
             model_to_run = compile_model(self.raw_model, self.device) if config.compile else self.raw_model
