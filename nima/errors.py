@@ -21,3 +21,7 @@ class DataError(NimaError, ValueError):
 
 class CheckpointError(NimaError, ValueError):
     """A checkpoint that cannot be read or does not match the model, tokenizer or config."""
+
+
+class TrainingDivergedError(NimaError, RuntimeError):
+    """The training loss became nan or inf: the run stopped before saving the broken weights."""

@@ -78,6 +78,68 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path, compiled
     assert stdout.count("training ") == 1  # only rank 0 talks
 
 
+DIVERGE_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from nima.data import DataCollator, TokenWindowDataset, create_dataloader, load_prepared
+    from nima.distributed import cleanup, init_distributed
+    from nima.errors import TrainingDivergedError
+    from nima.models import ModelConfig, create_model
+    from nima.training import Trainer, TrainingConfig
+
+    prepared_path, out = sys.argv[1], sys.argv[2]
+    ctx = init_distributed("cpu")
+    data = load_prepared(prepared_path)
+    ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
+                            tokenizer_identity=data.tokenizer.identity(), prepared_path=data.path)
+    loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True, seed=0,
+                               rank=ctx.rank, world_size=ctx.world_size)
+    model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
+                                     n_layers=1, d_ff=64, max_seq_len=32))
+    forwards = []
+
+    def break_rank_1_at_step_6(module, args):  # rank 0's own loss stays finite at step 6
+        forwards.append(1)
+        if ctx.rank == 1 and len(forwards) == 6:
+            with torch.no_grad():
+                module.blocks[0].attn.qkv.weight.fill_(float("nan"))
+
+    model.register_forward_pre_hook(break_rank_1_at_step_6)
+    cfg = TrainingConfig(max_steps=12, batch_size=4, learning_rate=1e-2, output_dir=out, eval_every=0,
+                         log_every=3, save_every=4, progress_bar=False, precision="fp32")
+    trainer = Trainer(model, cfg, loader)
+    message = None
+    try:
+        trainer.train()
+    except TrainingDivergedError as err:
+        message = str(err)
+    stopped = torch.tensor([trainer.step, int(message is not None)])
+    both = [torch.zeros_like(stopped) for _ in range(ctx.world_size)]
+    dist.all_gather(both, stopped)
+    if ctx.rank == 0:
+        print("RESULT " + json.dumps({"stopped_at": [int(t[0]) for t in both],
+                                      "raised": [bool(t[1]) for t in both], "message": message}))
+    cleanup()
+    """
+)
+
+
+@pytest.mark.slow
+def test_divergence_on_one_rank_stops_every_rank_before_saving(
+    tmp_path: Path, session_data_dir: Path
+) -> None:
+    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
+    script = tmp_path / "diverge_worker.py"
+    script.write_text(DIVERGE_WORKER)
+    report, _ = _torchrun(script, prepared.path, tmp_path / "out")
+    assert report["stopped_at"] == [6, 6] and report["raised"] == [True, True]
+    assert "between steps 4 and 6" in report["message"]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step_4.pt"]
+
+
 RESUME_WORKER = textwrap.dedent(
     """
     import json, os, signal, sys

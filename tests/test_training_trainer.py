@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepare
-from nima.errors import CheckpointError, ConfigError
+from nima.errors import CheckpointError, ConfigError, TrainingDivergedError
 from nima.models import ModelConfig, create_model
 from nima.training import Callback, EarlyStopping, Trainer, TrainingConfig
 from nima.training.checkpoint import atomic_save, load_model_from_checkpoint
@@ -365,6 +365,30 @@ def test_num_epochs_and_batch_size_warning(prepared, tmp_path: Path) -> None:
         )
     results = trainer.train()
     assert results["steps"] == 14 and trainer.epoch == 2
+
+
+def test_a_diverged_run_stops_before_saving_broken_weights(prepared, tmp_path: Path) -> None:
+    model = tiny_model(prepared)
+    forwards = []
+
+    def break_at_step_6(module, args):  # the 6th training forward: its loss is nan
+        forwards.append(1)
+        if len(forwards) == 6:
+            with torch.no_grad():
+                module.blocks[0].attn.qkv.weight.fill_(float("nan"))
+
+    model.register_forward_pre_hook(break_at_step_6)
+    cfg = config(tmp_path, max_steps=20, log_every=3, save_every=4, keep_last_checkpoints=1)
+    trainer = Trainer(model, cfg, small_loader(prepared))
+    with pytest.raises(TrainingDivergedError) as stop:
+        trainer.train()
+    message = str(stop.value)
+    assert "\n" not in message and "between steps 4 and 6" in message  # step 4's save checked it
+    assert "resume from" in message and message.count("step_4.pt") == 1
+    # The check came before the step-8 save, so keep_last_checkpoints=1 could not prune step_4.pt.
+    saved = torch.load(tmp_path / "out" / "checkpoints" / "step_4.pt", map_location="cpu", weights_only=True)
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("*.pt")) == ["step_4.pt"]
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
 
 
 def test_empty_loader_and_bad_config(prepared, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from nima.distributed.fsdp import (
     load_full_model_state,
     load_full_optimizer_state,
 )
-from nima.errors import CheckpointError, ConfigError
+from nima.errors import CheckpointError, ConfigError, TrainingDivergedError
 from nima.training.background_save import BackgroundSaver
 from nima.training.callbacks import EarlyStopping, MetricsTracker, ProgressPrinter
 from nima.training.checkpoint import (
@@ -223,6 +223,7 @@ class Trainer:
         self._announced = False
         self._last_grad_norm: torch.Tensor | None = None
         self._overhead_s = 0.0
+        self._last_finite_step = 0
         self._interval: dict[str, Any] = {
             "t": time.perf_counter(),
             "overhead": 0.0,
@@ -333,11 +334,14 @@ class Trainer:
         at the next step boundary (under torchrun: at the next logging step, on all ranks
         together), saves ``step_N.pt`` and returns with ``stop_signal`` set; the run resumes from
         that checkpoint. A second Ctrl-C raises KeyboardInterrupt at once, saving nothing.
+        A nan or inf loss raises TrainingDivergedError at the next logging or saving step, before
+        anything from the broken steps is logged or saved.
         """
         cfg = self.config
         self.should_stop = False
         self.stop_reason = None
         start_step, start_tokens = self.step, self.tokens_seen
+        self._last_finite_step = self.step
         self.progress = self._make_progress()
         self._announce()
         if self.is_main:
@@ -416,6 +420,7 @@ class Trainer:
                 self._call("on_evaluate", self, val)
                 self._overhead_s += time.perf_counter() - t0
             if last_saved_step != self.step and self.step > start_step:
+                self._check_loss_is_finite()
                 t0 = time.perf_counter()
                 last_checkpoint = self.save_checkpoint(f"step_{self.step}")
                 self._overhead_s += time.perf_counter() - t0
@@ -579,6 +584,7 @@ class Trainer:
         do_save = cfg.save_every and step % cfg.save_every == 0
         if not (do_log or do_save):
             return None
+        self._check_loss_is_finite()
         record: dict[str, Any] = {}
         if do_log:
             record.update(self._step_metrics())
@@ -599,6 +605,28 @@ class Trainer:
             record["checkpoint"] = str(self.save_checkpoint(f"step_{step}"))
             self._spent(time.perf_counter() - t0)
         return record
+
+    def _check_loss_is_finite(self) -> None:
+        """Stop with TrainingDivergedError if the loss since the last check is nan or inf on any
+        process, before anything is logged or saved: a diverged run never writes (or, through
+        ``keep_last_checkpoints``, prunes away) a good checkpoint. Called where the loop reads the
+        loss anyway (logging and saving steps); under torchrun every process calls it together."""
+        loss_sum = self._interval["loss_sum"]
+        diverged = loss_sum is not None and not math.isfinite(float(loss_sum))
+        if self.dist.enabled:
+            flag = torch.tensor(float(diverged), device=self.device)
+            diverged = bool(all_reduce_sum(flag).item())
+        if not diverged:
+            self._last_finite_step = self.step
+            return
+        last = newest_checkpoint(self.output_dir)
+        resume = f"resume from {last}" if last else "start again"
+        clip = "" if self.config.gradient_clip else ", training.gradient_clip: 1.0"
+        raise TrainingDivergedError(
+            f"training diverged: the loss became nan or inf between steps {self._last_finite_step} and "
+            f"{self.step}, and nothing was saved after step {self._last_finite_step}; {resume} with a "
+            f"lower training.learning_rate (now {self.config.learning_rate:g}){clip} or more warmup_steps"
+        )
 
     def _spent(self, seconds: float) -> None:
         self._overhead_s += seconds
@@ -649,6 +677,7 @@ class Trainer:
             self.progress.print_epoch_end(self.epoch, metrics)
         self._call("on_epoch_end", self, self.epoch, metrics)
         if self.config.save_epoch_checkpoints:
+            self._check_loss_is_finite()
             t0 = time.perf_counter()
             path = self.save_checkpoint(f"epoch_{self.epoch}")
             self._spent(time.perf_counter() - t0)
