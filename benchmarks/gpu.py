@@ -12,14 +12,19 @@ the GPU's matmul tiles prefer; ``--vocab_size 50257`` for the exact one).
     python benchmarks/gpu.py                                  # CUDA: GPT-2 small, bf16, compile
     python benchmarks/gpu.py --batch_size 32 --steps 50
     python benchmarks/gpu.py --device cpu --tiny              # seconds on a CPU: a smoke test
+    python benchmarks/gpu.py --record benchmarks/RESULTS.md   # also append the figures there
 
 Prints a human line and, last, one JSON line with tokens_per_s, mfu, step_ms and the settings.
+``--record FILE`` appends one Markdown table row (UTC date, device, settings, figures, the command)
+to FILE, writing the table's header first when FILE is new.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -136,6 +141,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+RECORD_HEADER = (
+    "| date (UTC) | device | model | precision | compile | batch x context | tokens/s | ms/step | MFU "
+    "| torch | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def record(path: Path, result: dict[str, Any], argv: list[str]) -> None:
+    """Append ``result`` as one row of the Markdown table in ``path`` (header first if new)."""
+    mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
+    command = shlex.join(["python", "benchmarks/gpu.py", *argv])
+    row = (
+        f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {result['device']} "
+        f"| {result['model']} ({result['params'] / 1e6:.1f}M) | {result['precision']} | {result['compile']} "
+        f"| {result['batch_size']} x {result['seq_len']} | {result['tokens_per_s']:,.0f} "
+        f"| {result['step_ms']:.1f} | {mfu} | {result['torch']} | `{command}` |\n"
+    )
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write((RECORD_HEADER if new else "") + row)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.compile the model (default: on for CUDA, off for CPU)",
     )
     parser.add_argument("--peak_flops", type=float, default=None, help="peak FLOP/s of the device for MFU")
+    parser.add_argument("--record", type=Path, default=None, help="append the figures to this Markdown table")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.compile is None:
@@ -174,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     print(json.dumps(result), flush=True)
+    if args.record is not None:
+        record(args.record, result, argv)
     return 0
 
 

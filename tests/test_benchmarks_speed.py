@@ -77,7 +77,8 @@ def test_parse_train_summary_line():
 
 
 @pytest.mark.slow
-def test_gpu_benchmark_tiny_on_cpu():
+def test_gpu_benchmark_tiny_on_cpu(tmp_path):
+    results_md = tmp_path / "RESULTS.md"
     proc = subprocess.run(
         [
             sys.executable,
@@ -91,6 +92,8 @@ def test_gpu_benchmark_tiny_on_cpu():
             "10",
             "--peak_flops",
             "1e11",
+            "--record",
+            str(results_md),
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -102,6 +105,10 @@ def test_gpu_benchmark_tiny_on_cpu():
     assert result["timed_steps"] == 10 and result["tokens_per_s"] > 0
     assert 0 < result["mfu"] < 1
     assert result["trainer_logged_mfu"] is not None  # the Trainer's own MFU metric is logged
+    header, rule, row = results_md.read_text().splitlines()  # --record: a header, then one row
+    assert header.startswith("| date (UTC) | device |") and rule.startswith("|---|")
+    assert f"| {result['tokens_per_s']:,.0f} |" in row and f"{100 * result['mfu']:.1f}%" in row
+    assert "`python benchmarks/gpu.py --device cpu --tiny" in row
 
 
 def test_sample_efficiency_curve_points(session_data_dir, tmp_path):
