@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,19 @@ def train_script(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
+
+
+def start_until(command: list[str], env: dict[str, str], ready: Callable[[], bool]) -> subprocess.Popen:
+    """Start ``command`` in the checkout; return the running job once ``ready()`` holds (the test
+    fails if the job ends first or 120 s pass)."""
+    job = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.05)
+    return job
 
 
 @pytest.mark.slow
@@ -83,14 +97,8 @@ def test_sigterm_saves_and_resume_continues(tmp_path: Path) -> None:
                "--training.max_steps=400", "--training.log_every=1", "--training.eval_every=0",
                f"--training.output_dir={out}", *TINY]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    job = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
     metrics = out / "logs" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.1)
+    job = start_until(command, env, lambda: metrics.is_file() and metrics.read_text().count("\n") >= 3)
     job.send_signal(signal.SIGTERM)
     stdout, stderr = job.communicate(timeout=120)
     assert job.returncode == 128 + signal.SIGTERM, stderr
@@ -117,11 +125,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
                "--training.max_steps=400", "--training.save_every=4", "--training.eval_every=0",
                f"--training.output_dir={out}", *TINY]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoints" / "step_8.pt").is_file():
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.05)
+    job = start_until(command, env, (out / "checkpoints" / "step_8.pt").is_file)
     job.kill()
     job.communicate(timeout=60)
     assert job.returncode == -signal.SIGKILL

@@ -16,7 +16,8 @@ from nima.distributed import DistributedContext, all_reduce_mean, init_distribut
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WORKER = textwrap.dedent(
+# The start of the workers below: the process group, and this rank's shard of tiny Shakespeare.
+SHARDED_LOADER = textwrap.dedent(
     """
     import json, sys
     import numpy as np
@@ -28,13 +29,18 @@ WORKER = textwrap.dedent(
     from nima.training import Trainer, TrainingConfig
 
     prepared_path, out = sys.argv[1], sys.argv[2]
-    compiled = sys.argv[3:] == ["compile"]
     ctx = init_distributed("cpu")
     data = load_prepared(prepared_path)
     ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
                             tokenizer_identity=data.tokenizer.identity(), prepared_path=data.path)
     loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True, seed=0,
                                rank=ctx.rank, world_size=ctx.world_size)
+    """
+)
+
+WORKER = SHARDED_LOADER + textwrap.dedent(
+    """
+    compiled = sys.argv[3:] == ["compile"]
     first = next(iter(loader))["input_ids"]
     torch.manual_seed(100 + ctx.rank)  # different initial weights: DDP must start from rank 0's
     model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
@@ -78,25 +84,10 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path, compiled
     assert stdout.count("training ") == 1  # only rank 0 talks
 
 
-DIVERGE_WORKER = textwrap.dedent(
+DIVERGE_WORKER = SHARDED_LOADER + textwrap.dedent(
     """
-    import json, sys
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-    from nima.data import DataCollator, TokenWindowDataset, create_dataloader, load_prepared
-    from nima.distributed import cleanup, init_distributed
     from nima.errors import TrainingDivergedError
-    from nima.models import ModelConfig, create_model
-    from nima.training import Trainer, TrainingConfig
 
-    prepared_path, out = sys.argv[1], sys.argv[2]
-    ctx = init_distributed("cpu")
-    data = load_prepared(prepared_path)
-    ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
-                            tokenizer_identity=data.tokenizer.identity(), prepared_path=data.path)
-    loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True, seed=0,
-                               rank=ctx.rank, world_size=ctx.world_size)
     model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
                                      n_layers=1, d_ff=64, max_seq_len=32))
     forwards = []
