@@ -23,7 +23,7 @@ from nima.training import (
     get_scheduler,
     lr_multiplier,
 )
-from nima.training.checkpoint import (
+from nima.checkpoint import (
     atomic_save,
     capture_rng_state,
     clean_state_dict,
@@ -32,7 +32,7 @@ from nima.training.checkpoint import (
     remove_partial_checkpoints,
     restore_rng_state,
 )
-from nima.training.precision import cpu_has_bf16
+from nima.runtime.precision import cpu_has_bf16
 
 
 class Toy(nn.Module):

@@ -16,7 +16,7 @@ from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepa
 from nima.errors import CheckpointError, ConfigError, TrainingDivergedError
 from nima.models import ModelConfig, create_model
 from nima.training import Callback, EarlyStopping, Trainer, TrainingConfig
-from nima.training.checkpoint import atomic_save, load_model_from_checkpoint
+from nima.checkpoint import atomic_save, load_model_from_checkpoint
 
 TINY = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "max_seq_len": 32}
 
@@ -466,7 +466,7 @@ def test_async_checkpoints_hold_what_synchronous_ones_do(prepared, tmp_path: Pat
         cfg = config(tmp_path / str(background), max_steps=6, save_every=2, async_checkpoint=background)
         trainer = Trainer(tiny_model(prepared), cfg, small_loader(prepared, tokens=2000))
         trainer.train()
-        assert not trainer._saver.busy
+        assert not trainer.checkpointer.saver.busy
         saved[background] = {
             p.name: torch.load(p, map_location="cpu", weights_only=True)
             for p in sorted(trainer.checkpoint_dir.glob("step_*.pt"))
@@ -485,7 +485,7 @@ def test_async_checkpoints_hold_what_synchronous_ones_do(prepared, tmp_path: Pat
 
 
 def test_a_failed_background_write_stops_the_run_with_an_error(prepared, tmp_path: Path, monkeypatch) -> None:
-    import nima.training.trainer as trainer_module
+    import nima.training.checkpointer as trainer_module
 
     def full_disk(state, path):
         raise OSError("No space left on device")

@@ -46,7 +46,6 @@ import numpy as np
 
 from nima.data.chunking import iter_pieces
 from nima.data.fast_bpe import FastBPE, FastBPEUnavailable, tiktoken_installed
-from nima.data.files import atomic_write_json, make_public
 from nima.data.sources import TextSource, resolve_source
 from nima.data.stream_encoders import (
     FastPathMismatch,
@@ -65,6 +64,7 @@ from nima.data.tokenizer import (
     load_tokenizer,
 )
 from nima.errors import DataError
+from nima.files import atomic_write_json, make_public
 
 PREPARED_FORMAT = "nima-prepared-v1"
 TOKENIZER_KINDS = ("char", "byte", "bpe")

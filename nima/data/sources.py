@@ -9,17 +9,16 @@ of ``.txt`` files (one document per file) or a ``.jsonl`` file (one document per
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nima.data.files import make_public, sha256_file
 from nima.errors import DataError
+from nima.files import atomic_copy, atomic_write, sha256_file
 
 READ_BLOCK_BYTES = 1 << 20
 
@@ -230,7 +229,7 @@ def fetch_known_dataset(known: KnownDataset, data_dir: Path, offline: bool = Fal
     if mirror:
         candidate = Path(mirror) / known.name / known.filename
         if candidate.is_file() and sha256_file(candidate) == known.sha256:
-            _copy_atomic(candidate, target)
+            atomic_copy(candidate, target)
             return target
     where = f"put the file at {target}" + (f" (or in {MIRROR_ENV}={mirror})" if mirror else "")
     if offline:
@@ -252,30 +251,10 @@ def _reason(err: OSError) -> str:
     return str(reason).replace("\n", " ")
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        make_public(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _download(known: KnownDataset, target: Path) -> None:
-    import hashlib
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".download", dir=target.parent)
-    digest = hashlib.sha256()
-    try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(known.url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
-        ):
+    def fetch_verified(out) -> None:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(known.url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             while block := resp.read(1 << 16):
                 digest.update(block)
                 out.write(block)
@@ -283,8 +262,5 @@ def _download(known: KnownDataset, target: Path) -> None:
             raise OSError(
                 f"downloaded file has sha256 {digest.hexdigest()[:12]}..., expected {known.sha256[:12]}..."
             )
-        make_public(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, fetch_verified)

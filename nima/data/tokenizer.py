@@ -108,7 +108,7 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON to ``path`` atomically; returns the path."""
-        from nima.data.files import atomic_write_text
+        from nima.files import atomic_write_text
 
         return atomic_write_text(Path(path), self.to_json())
 

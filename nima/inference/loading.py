@@ -196,7 +196,7 @@ def load_for_inference(
 ) -> LoadedModel:
     """Load the model of ``checkpoint`` on ``device`` with its tokenizer (found as described in this
     module's docstring, or ``tokenizer``), refusing a tokenizer that does not match."""
-    from nima.training.checkpoint import load_model_from_checkpoint
+    from nima.checkpoint import load_model_from_checkpoint
 
     device = device if isinstance(device, torch.device) else pick_device(device)
     checkpoint = Path(checkpoint)

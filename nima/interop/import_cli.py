@@ -10,11 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from nima.checkpoint import save_model_checkpoint
 from nima.cli import CommandParser
 from nima.errors import ConfigError
 from nima.inference.loading import describe_identity
 from nima.interop.huggingface import import_huggingface
-from nima.training.checkpoint import save_model_checkpoint
 
 EXAMPLES = """examples:
   nima import --hf_model path/to/gpt2 --out experiments/gpt2

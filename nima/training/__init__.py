@@ -6,6 +6,8 @@
 ``EarlyStopping``, ``MetricsTracker`` and ``ProgressPrinter``.
 """
 
+from nima.checkpoint import load_checkpoint_file, load_model_from_checkpoint
+from nima.runtime.precision import PrecisionChoice, choose_precision
 from nima.training.callbacks import (
     Callback,
     EarlyStopping,
@@ -13,10 +15,8 @@ from nima.training.callbacks import (
     ProgressPrinter,
     TensorBoardLogger,
 )
-from nima.training.checkpoint import load_checkpoint_file, load_model_from_checkpoint
 from nima.training.config import TrainingConfig
 from nima.training.optimizers import AdamWScale, get_optimizer, parameter_groups
-from nima.training.precision import PrecisionChoice, choose_precision
 from nima.training.schedulers import get_scheduler, lr_multiplier
 from nima.training.trainer import Trainer
 

@@ -25,8 +25,14 @@ class Callback:
     """Hooks the Trainer calls; override the ones you need (all are no-ops here)."""
 
     def on_train_begin(self, trainer: Any) -> None: ...
+    def on_step(self, trainer: Any) -> None:
+        """After every optimizer step (keep it cheap: nothing here may wait for the device)."""
+
     def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         """After an optimizer step at a logging step (every ``log_every`` steps)."""
+
+    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
+        """Every record the run logs: the logging steps' metrics, and the final evaluation."""
 
     def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None: ...
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None: ...
@@ -89,6 +95,8 @@ class MetricsTracker(Callback):
     """Keeps every logged metric; with ``log_dir`` also appends each entry to ``<log_dir>/metrics.jsonl``.
 
     ``log({'loss': 2.1, 'lr': 3e-4}, step=10)`` accepts numbers, 0-d tensors and numpy scalars.
+    As a Trainer callback it records every logged record (the Trainer keeps one writing
+    ``<output_dir>/logs/metrics.jsonl``).
     """
 
     def __init__(self, log_dir: str | Path | None = None, filename: str = "metrics.jsonl") -> None:
@@ -145,6 +153,9 @@ class MetricsTracker(Callback):
             self._file.close()
             self._file = None
 
+    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self.log(metrics, trainer.step)
+
     def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
         self.close()
 
@@ -174,6 +185,8 @@ class ProgressPrinter(Callback):
 
     ``metrics_to_track`` picks (and orders) what is shown; ``perplexity`` is derived from
     ``loss`` when not given. ``print_frequency``: show every N steps (and the last one).
+    ``epoch_lines``: print a summary line at each epoch's end. As a Trainer callback it moves
+    the bar every step, prints at logging steps and epoch ends, and closes at the end.
     """
 
     def __init__(
@@ -184,6 +197,7 @@ class ProgressPrinter(Callback):
         stream: IO[str] | None = None,
         use_bar: bool | None = None,
         initial_step: int = 0,
+        epoch_lines: bool = True,
     ) -> None:
         self.total_steps = total_steps
         self.metrics_to_track = list(metrics_to_track) if metrics_to_track is not None else None
@@ -195,6 +209,7 @@ class ProgressPrinter(Callback):
         self._start = time.perf_counter()
         self._start_step = initial_step
         self._last_step = initial_step
+        self.epoch_lines = epoch_lines
 
     def _selected(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         metrics = {k: _number(v) for k, v in metrics.items()}
@@ -264,6 +279,17 @@ class ProgressPrinter(Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def on_step(self, trainer: Any) -> None:
+        if self.use_bar:
+            self.advance(trainer.step)
+
+    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self.print_step(trainer.step, metrics)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        if self.epoch_lines:
+            self.print_epoch_end(epoch, metrics)
 
     def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
         self.close()

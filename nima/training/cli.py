@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
+from nima.checkpoint import newest_checkpoint
 from nima.cli import CommandParser
 from nima.config import RunConfig, known_keys, parse_overrides
 from nima.errors import ConfigError, DataError
-from nima.training.checkpoint import newest_checkpoint
 
 # The quick recipe: a small char-level model that reaches a validation loss below 2.3 on tiny
 # Shakespeare within about a minute on a 2-core CPU (configs/cpu_quick.yaml is the same).
@@ -198,8 +198,8 @@ def prepare_data_once_per_node(run: RunConfig, ctx: Any, allow_fallback: bool, s
 def model_config_from(run: RunConfig, init_from: str | Path, tokenizer: Any, say=print) -> RunConfig:
     """The run with the model config of checkpoint ``init_from`` (the run's own dropout and
     gradient checkpointing kept: they change training, not the weights)."""
+    from nima.checkpoint import load_checkpoint_file
     from nima.models import ModelConfig
-    from nima.training.checkpoint import load_checkpoint_file
 
     saved = load_checkpoint_file(init_from, mmap=True).get("model_config")  # the Trainer reads the weights
     if not isinstance(saved, dict):

@@ -10,11 +10,16 @@ The rule (``precision: auto`` with ``use_mixed_precision: true``):
 * MPS and anything else: fp32.
 
 ``precision: fp32 | bf16 | fp16`` forces a choice; ``use_mixed_precision: false`` means fp32.
+
+``NIMA_CPU_BF16=on|off`` (environment) forces the CPU half of the ``auto`` rule: ``on`` picks
+bf16 without the micro-benchmark, ``off`` picks fp32. Runs that must not depend on which CPU they
+land on (test suites, benchmarks compared across machines) set it, or set ``precision``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ import torch
 from nima.errors import ConfigError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_BF16_ENV = "NIMA_CPU_BF16"
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,7 @@ class PrecisionChoice:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context the forward pass runs in (a no-op for fp32)."""
-        if not self.uses_autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+        return autocast_for(torch.device(self.device_type), self.dtype)
 
     def describe(self) -> str:
         return f"precision: {self.name} ({self.reason})"
@@ -156,6 +160,10 @@ def choose_precision(
             return PrecisionChoice("bf16", kind, "mixed precision on a GPU with bf16 support")
         return PrecisionChoice("fp16", kind, "mixed precision on a GPU without bf16: fp16 with loss scaling")
     if kind == "cpu":
+        forced = cpu_bf16_forced() if cpu_bf16_instructions is None else None  # injected facts win
+        if forced is not None:
+            why = f"{CPU_BF16_ENV}={os.environ[CPU_BF16_ENV]} in the environment"
+            return PrecisionChoice("bf16" if forced else "fp32", kind, why)
         if not _cpu_bf16(cpu_bf16_instructions):
             return PrecisionChoice(
                 "fp32",
@@ -178,5 +186,35 @@ def choose_precision(
     return PrecisionChoice("fp32", kind, f"mixed precision is not used on {kind}")
 
 
+def cpu_bf16_forced() -> bool | None:
+    """``NIMA_CPU_BF16`` read as True (on), False (off) or None (unset: measure)."""
+    value = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"{CPU_BF16_ENV}={value!r} must be on or off (or unset to let Nima measure)")
+
+
 def _cpu_bf16(injected: bool | None) -> bool:
     return cpu_has_bf16() if injected is None else injected
+
+
+def inference_precision(requested: str = "auto", device: torch.device | str = "cpu") -> PrecisionChoice:
+    """The precision for evaluating or generating: ``auto`` is bf16 on GPUs that support it and
+    fp32 elsewhere (no micro-benchmark: a forward pass is short); fp32, bf16 or fp16 force it."""
+    device = torch.device(device)
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return PrecisionChoice("bf16", device.type, "a GPU with bf16 support")
+        return PrecisionChoice("fp32", device.type, "full precision off bf16 GPUs")
+    return choose_precision(requested, True, device)
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device`` (a no-op for None or fp32)."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

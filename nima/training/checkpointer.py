@@ -1,0 +1,239 @@
+"""The checkpointer: what to save when, where, in the foreground or the background, and loading.
+
+Components that own training state (the step count, the data cursor, the validator, early
+stopping, the schedule, the loss scaler) are registered once with :meth:`Checkpointer.register`;
+a checkpoint is the model, the optimizer and everything they report through ``state_dict()``,
+laid out by :func:`nima.checkpoint.make_checkpoint`. Under torchrun every rank takes part in a
+save (each contributes its RNG state, and FSDP's shards are gathered), and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from nima.checkpoint import (
+    atomic_save,
+    capture_rng_state,
+    clean_state_dict,
+    gather_rank_rng_states,
+    load_checkpoint_file,
+    make_checkpoint,
+    model_config_mismatches,
+    prune_checkpoints,
+    remove_partial_checkpoints,
+    restore_rank_rng_state,
+    restore_rng_state,
+    tokenizer_mismatches,
+)
+from nima.distributed.fsdp import full_state_dicts, load_full_model_state, load_full_optimizer_state
+from nima.errors import CheckpointError
+from nima.runtime import Runtime, is_sharded
+from nima.training.background_save import BackgroundSaver
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Checkpointer:
+    """Saves ``<folder>/step_N.pt`` every ``save_every`` steps (0: only at the end), keeps the
+    newest ``keep_last`` of them, and writes in the background when ``async_write``."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        runtime: Runtime,
+        save_every: int = 0,
+        keep_last: int | None = None,
+        async_write: bool = False,
+        metadata: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.model = model
+        self.optimizer = optimizer
+        self.runtime = runtime
+        self.save_every = save_every
+        self.keep_last = keep_last
+        self.async_write = async_write
+        self.metadata = metadata or dict
+        self.sharded = is_sharded(model)
+        self.saver = BackgroundSaver()
+        self.last_saved_step = -1
+        self.last_path: Path | None = None
+        self._flat: list[Stateful] = []
+        self._keyed: dict[str, Stateful | None] = {}
+
+    def register(self, component: Stateful | None, key: str | None = None) -> None:
+        """Save ``component.state_dict()`` under ``key`` (None is saved as None), or, without a
+        key, merge its entries into the checkpoint's top level."""
+        if key is None:
+            self._flat.append(component)
+        else:
+            self._keyed[key] = component
+
+    def due(self, step: int) -> bool:
+        return bool(self.save_every) and step % self.save_every == 0
+
+    # ------------------------------------------------------------------ saving
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete the temporary files of saves that a killed run did not finish (rank 0)."""
+        return remove_partial_checkpoints(self.folder) if self.runtime.is_main else []
+
+    def save(self, name: str, step: int, all_ranks: bool = True) -> Path:
+        """Write ``<folder>/<name>.pt`` (a bare name) or ``name`` (a path); returns the path.
+
+        Under torchrun every rank must call it, unless ``all_ranks=False``: then only rank 0
+        does, and the checkpoint holds only rank 0's random state.
+        """
+        path = Path(name)
+        if path.suffix != ".pt":
+            path = path.with_name(path.name + ".pt")
+        if not path.is_absolute() and path.parent == Path("."):
+            path = self.folder / path
+        gathered = self._gather() if all_ranks else {}
+        if path.name.startswith("step_"):
+            self.last_saved_step = step
+        self.last_path = path if path.name.startswith(("step_", "epoch_")) else self.last_path
+        if not self.runtime.is_main:
+            return path
+        state = self.state(gathered)
+        if self.async_write:
+            self.saver.submit(state, lambda snapshot: self._write(snapshot, path))
+        else:
+            self._write(state, path)
+        return path
+
+    def state(self, gathered: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint dict. ``gathered``: what the ranks collected together (every rank's
+        RNG state; for an FSDP model the full model and optimizer states)."""
+        gathered = gathered or {}
+        training_state: dict[str, Any] = {}
+        for component in self._flat:
+            training_state.update(component.state_dict())
+        for key, component in self._keyed.items():
+            training_state[key] = component.state_dict() if component is not None else None
+        return make_checkpoint(
+            gathered.get("model") or self.model.state_dict(),
+            optimizer=gathered.get("optimizer") or self.optimizer.state_dict(),
+            rng=capture_rng_state(),
+            rng_by_rank=gathered.get("rng_by_rank"),
+            world_size=self.runtime.dist.world_size,
+            precision=self.runtime.precision.name,
+            **self.metadata(),
+            **training_state,
+        )
+
+    def _gather(self) -> dict[str, Any]:
+        if not self.runtime.dist.enabled:
+            return {}
+        gathered: dict[str, Any] = {"rng_by_rank": gather_rank_rng_states()}
+        if self.sharded:
+            gathered["model"], gathered["optimizer"] = full_state_dicts(self.model, self.optimizer)
+        return gathered
+
+    def _write(self, state: dict[str, Any], path: Path) -> None:
+        atomic_save(state, path)
+        for prefix in ("step", "epoch"):
+            if path.name.startswith(prefix + "_"):
+                prune_checkpoints(path.parent, prefix, self.keep_last, protect=path)
+
+    def wait(self) -> None:
+        """Block until a background write is on disk; CheckpointError if it failed."""
+        self.saver.wait()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for the last background write; its error is raised, or only warned about when
+        another error is already on its way out."""
+        try:
+            self.saver.close()
+        except CheckpointError as err:
+            if raise_errors:
+                raise
+            warnings.warn(str(err), stacklevel=3)
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, path: str | Path, weights_only_model: bool = False) -> dict[str, Any]:
+        """Restore the model (and, unless ``weights_only_model``, the optimizer, every registered
+        component and the random state) from ``path``; CheckpointError when it does not fit."""
+        self.saver.wait()  # the file may be the one still being written
+        ckpt = load_checkpoint_file(path, map_location="cpu")
+        self._check_fits(ckpt, path)
+        self._load_model(ckpt, path)
+        if weights_only_model:
+            return ckpt
+        self._load_optimizer(ckpt, path)
+        for component in self._flat:
+            component.load_state_dict(ckpt)
+        for key, component in self._keyed.items():
+            if component is not None and ckpt.get(key):
+                component.load_state_dict(ckpt[key])
+        self._restore_rng(ckpt, path)
+        return ckpt
+
+    def _check_fits(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        current = self.metadata()
+        if ckpt.get("model_config") and current.get("model_config"):
+            diffs = model_config_mismatches(ckpt["model_config"], current["model_config"])
+            if diffs:
+                raise CheckpointError(f"{path} does not match this model: {'; '.join(diffs)}")
+        diffs = tokenizer_mismatches(ckpt.get("tokenizer"), current.get("tokenizer"))
+        if diffs:
+            raise CheckpointError(f"{path} was trained with a different tokenizer: {'; '.join(diffs)}")
+
+    def _load_model(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        weights = clean_state_dict(ckpt["model"])
+        try:
+            if self.sharded:  # every rank reads the file and keeps its own shards
+                load_full_model_state(self.model, weights)
+            else:
+                self.model.load_state_dict(weights)
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{path}: weights do not fit this model: {str(err).splitlines()[0][:200]}"
+            ) from None
+
+    def _load_optimizer(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        try:
+            if self.sharded:
+                load_full_optimizer_state(self.model, self.optimizer, ckpt["optimizer"])
+            else:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, IndexError) as err:
+            raise CheckpointError(
+                f"{path}: optimizer state does not fit this optimizer (was optimizer_type changed?): {err}"
+            ) from None
+
+    def _restore_rng(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        """Each rank takes back its own generator states; warn when that is not possible."""
+        dist = self.runtime.dist
+        saved_world, by_rank = int(ckpt.get("world_size") or 1), ckpt.get("rng_by_rank")
+        if not ckpt.get("rng"):
+            return
+        if dist.world_size == 1 and saved_world == 1:
+            restore_rng_state(ckpt["rng"])
+        elif by_rank and len(by_rank) == dist.world_size:
+            if dist.is_main:
+                restore_rng_state(ckpt["rng"])
+            restore_rank_rng_state(by_rank[dist.rank])
+        elif dist.is_main:
+            why = (
+                f"it was saved by {saved_world} processes and this run has {dist.world_size}"
+                if saved_world != dist.world_size
+                else "it holds only rank 0's random state (saved on interrupt)"
+            )
+            warnings.warn(
+                f"{path}: random streams (dropout) start afresh because {why}; "
+                "training continues, but not bit-exactly as an uninterrupted run would",
+                stacklevel=4,
+            )

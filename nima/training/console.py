@@ -1,0 +1,42 @@
+"""What the Trainer shows a person: the progress display and its one-line messages."""
+
+from __future__ import annotations
+
+import math
+
+from nima.runtime import Runtime
+from nima.training.callbacks import ProgressPrinter
+from nima.training.config import TrainingConfig
+
+
+def make_progress(
+    config: TrainingConfig, total_steps: int, start_step: int, steps_per_epoch: int | None
+) -> ProgressPrinter:
+    """A live bar on a terminal (when ``progress_bar``), else about 20 plain lines per run, at
+    multiples of ``log_every``; epoch lines when the run has more than one epoch."""
+    printer = ProgressPrinter(
+        total_steps=total_steps,
+        print_frequency=config.log_every,
+        use_bar=None if config.progress_bar else False,
+        initial_step=start_step,
+        epoch_lines=bool(steps_per_epoch) and total_steps > steps_per_epoch,
+    )
+    if not printer.use_bar:
+        every, log_every = max(1, total_steps // 20), config.log_every
+        printer.print_frequency = max(log_every, math.ceil(every / log_every) * log_every)
+    return printer
+
+
+def start_lines(
+    n_params: int, runtime: Runtime, step: int, epoch: int, batch_in_epoch: int, compiling: bool
+) -> list[str]:
+    """What the run says when it starts: size, device, precision (and why), resume point."""
+    where = f"{runtime.device}" + (
+        f" x {runtime.dist.world_size} processes" if runtime.dist.enabled else ""
+    )
+    lines = [f"training {n_params / 1e6:.2f}M parameters on {where}; {runtime.precision.describe()}"]
+    if step:
+        lines.append(f"resuming at step {step} (epoch {epoch}, batch {batch_in_epoch})")
+    if compiling:
+        lines.append("torch.compile: the first step compiles the model (tens of seconds, less when cached)")
+    return lines

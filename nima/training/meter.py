@@ -1,0 +1,136 @@
+"""The meter: throughput, MFU, the loss between logging steps, time spent outside training steps,
+and the check that the loss is still finite.
+
+Losses stay on the device as a running sum and are read once per logging step (one host sync).
+Time spent evaluating and saving is *overhead*: it is left out of tokens/s, so that the figure
+measures training steps alone; ``wall_s`` keeps the whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from nima.distributed import all_reduce_sum
+from nima.training.mfu import mfu
+
+
+@dataclass
+class Interval:
+    """What happened since the last logging step."""
+
+    started: float = field(default_factory=time.perf_counter)
+    overhead_s: float = 0.0
+    tokens: int = 0
+    steps: int = 0
+    loss_sum: torch.Tensor | None = None
+
+
+@dataclass
+class StepReport:
+    """The figures of one logging step."""
+
+    loss: float | None
+    tokens_per_s: float
+    grad_norm: float | None = None
+    mfu: float | None = None
+
+    def as_record(self, lr: float, epoch: int) -> dict[str, float]:
+        """The log record of this step, with the learning rate and epoch it was taken at."""
+        out = {"loss": self.loss, "lr": lr, "tokens_per_s": self.tokens_per_s, "epoch": epoch}
+        if self.grad_norm is not None:
+            out["grad_norm"] = self.grad_norm
+        if self.mfu is not None:
+            out["mfu"] = self.mfu
+        return out
+
+
+class Meter:
+    """Counts tokens, steps and seconds of one ``train()`` call."""
+
+    def __init__(
+        self, flops_per_token: float | None = None, peak_flops: float | None = None, world_size: int = 1
+    ) -> None:
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.world_size = world_size
+        self.start()
+
+    def start(self) -> None:
+        """Begin a run: totals and the current interval start from zero."""
+        self.run_started = time.perf_counter()
+        self.overhead_s = 0.0
+        self.tokens = 0
+        self.interval = Interval()
+        self.last_loss: float | None = None
+        self._grad_norm: torch.Tensor | None = None
+
+    def record(self, loss: torch.Tensor, tokens: int, grad_norm: torch.Tensor | None) -> None:
+        """One optimizer step's loss (a device tensor), tokens and gradient norm; no host sync."""
+        interval = self.interval
+        interval.loss_sum = loss if interval.loss_sum is None else interval.loss_sum + loss
+        interval.steps += 1
+        interval.tokens += tokens
+        self.tokens += tokens
+        self._grad_norm = grad_norm
+
+    @contextlib.contextmanager
+    def overhead(self) -> Iterator[None]:
+        """Time spent inside is not training time (evaluation, checkpoints)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_overhead(time.perf_counter() - started)
+
+    def add_overhead(self, seconds: float) -> None:
+        self.overhead_s += seconds
+        self.interval.overhead_s += seconds
+
+    def report(self) -> StepReport:
+        """The interval's mean loss, tokens/s (and MFU, gradient norm); starts a new interval."""
+        interval, now = self.interval, time.perf_counter()
+        elapsed = max(now - interval.started - interval.overhead_s, 1e-9)
+        tokens_per_s = interval.tokens / elapsed
+        loss = self._mean_loss()
+        if loss is not None:
+            self.last_loss = loss
+        report = StepReport(loss, tokens_per_s)
+        if self._grad_norm is not None:
+            report.grad_norm = float(self._grad_norm)
+        if self.flops_per_token and self.peak_flops:
+            report.mfu = mfu(tokens_per_s, self.flops_per_token, self.peak_flops, self.world_size)
+        self.interval = Interval(started=now)
+        return report
+
+    def _mean_loss(self) -> float | None:
+        interval = self.interval
+        return None if interval.loss_sum is None else float(interval.loss_sum) / max(1, interval.steps)
+
+    def final_loss(self) -> float | None:
+        """The last logged training loss, or the mean of the steps since (when none was logged)."""
+        return self.last_loss if self.last_loss is not None else self._mean_loss()
+
+    def loss_is_finite(self, device: torch.device, distributed: bool) -> bool:
+        """Whether the loss since the last check is finite on every process (a collective under
+        torchrun: every process calls it at the same step)."""
+        loss_sum = self.interval.loss_sum
+        diverged = loss_sum is not None and not math.isfinite(float(loss_sum))
+        if distributed:
+            flag = torch.tensor(float(diverged), device=device)
+            diverged = bool(all_reduce_sum(flag).item())
+        return not diverged
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.run_started
+
+    @property
+    def train_s(self) -> float:
+        """Seconds of training steps (wall time less overhead)."""
+        return max(self.wall_s - self.overhead_s, 1e-9)

@@ -1,0 +1,106 @@
+"""One optimizer step: forward and backward over a window of micro-batches, clip, update.
+
+The hot path never waits for the device: the loss comes back as a tensor and the gradient norm
+is computed only when clipping or a logging step needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from nima.distributed import no_sync
+from nima.runtime import Runtime
+from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
+
+
+class TrainStep:
+    """Forward/backward over micro-batches (gradient accumulation), clipping, the loss scaler
+    (fp16), the optimizer and the learning-rate schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        runtime: Runtime,
+        gradient_clip: float | None,
+        params: list[nn.Parameter],
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.runtime = runtime
+        self.gradient_clip = gradient_clip
+        self.params = params
+        needs_scaler = runtime.precision.needs_grad_scaler
+        self.scaler = torch.amp.GradScaler(runtime.device.type) if needs_scaler else None
+        self._non_blocking = runtime.device.type == "cuda"
+
+    def __call__(
+        self, batches: list[Any], want_grad_norm: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Train on ``batches``; returns the window's loss and the gradient norm before clipping
+        (None when neither clipping nor ``want_grad_norm`` needs it). Both stay on the device."""
+        loss = self.forward_backward(batches)
+        return loss, self.update(want_grad_norm)
+
+    def forward_backward(self, batches: list[Any]) -> torch.Tensor:
+        """Forward and backward over ``batches``; gradients are left in ``.grad``.
+
+        Returns the window's loss (detached: the mean over all its labelled tokens).
+        """
+        pairs = [unpack_batch(b) for b in batches]
+        weights = self._token_weights(pairs)
+        device, non_blocking = self.runtime.device, self._non_blocking
+        window_loss = None
+        last = len(pairs) - 1
+        for i, (input_ids, labels) in enumerate(pairs):
+            input_ids = input_ids.to(device, non_blocking=non_blocking)
+            labels = labels.to(device, non_blocking=non_blocking)
+            with no_sync(self.model, skip=i < last):
+                with self.runtime.autocast():
+                    loss = loss_of(self.model(input_ids, labels=labels))
+                if weights is not None:
+                    loss = loss * weights[i]
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            detached = loss.detach()
+            window_loss = detached if window_loss is None else window_loss + detached
+        return window_loss
+
+    @staticmethod
+    def _token_weights(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float] | None:
+        # The model returns a mean over non-ignored labels; weighting each micro-batch by its
+        # share of the window's labelled tokens makes the sum the mean over the whole window.
+        if len(pairs) < 2:
+            return None
+        counts = [int((labels != IGNORE_INDEX).sum()) for _, labels in pairs]
+        total = max(1, sum(counts))
+        return [c / total for c in counts]
+
+    def update(self, want_grad_norm: bool = False) -> torch.Tensor | None:
+        """Unscale (fp16), clip, step the optimizer and the schedule, clear the gradients."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if self.gradient_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.gradient_clip, foreach=True)
+        elif want_grad_norm:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    @property
+    def learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0]

@@ -1,0 +1,92 @@
+"""The validator: when to evaluate, the validation loss, and which evaluation was the best."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from nima.distributed import all_reduce_sum
+from nima.errors import ConfigError
+from nima.runtime import Runtime
+from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
+from nima.training.cursor import position_loader, quiet_rng
+
+
+class Validator:
+    """Evaluates ``model`` on ``loader`` every ``every`` steps (0: only at the end of training)
+    and keeps the best and the last validation loss."""
+
+    def __init__(
+        self, model: nn.Module, loader: Iterable | None, runtime: Runtime, every: int, batches: int
+    ) -> None:
+        self.model = model
+        self.loader = loader
+        self.runtime = runtime
+        self.every = every
+        self.batches = batches
+        self.best_val_loss = math.inf
+        self.last_val_loss: float | None = None
+        self.last_step = -1
+
+    @property
+    def enabled(self) -> bool:
+        return self.loader is not None
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is an evaluation step."""
+        return self.enabled and bool(self.every) and step % self.every == 0
+
+    def validate(self, step: int) -> tuple[dict[str, float], bool]:
+        """Evaluate now; returns the metrics and whether this is the best validation loss so far."""
+        metrics = self.evaluate()
+        self.last_step = step
+        self.last_val_loss = metrics["val_loss"]
+        improved = metrics["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = metrics["val_loss"]
+        return metrics, improved
+
+    @torch.no_grad()
+    def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
+        """Mean validation loss (per labelled token) over the first ``batches`` batches, averaged
+        over all processes under torchrun. Returns ``val_loss`` and ``val_perplexity``."""
+        if self.loader is None:
+            raise ConfigError("no eval_dataloader was given to the Trainer")
+        device = self.runtime.device
+        model, was_training = self.model, self.model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        with quiet_rng():
+            position_loader(self.loader, 0, 0)
+            iterator = iter(self.loader)
+        for _, batch in zip(range(max_batches or self.batches), iterator, strict=False):
+            input_ids, labels = (t.to(device) for t in unpack_batch(batch))
+            with self.runtime.autocast():
+                loss = loss_of(model(input_ids, labels=labels))
+            n = (labels != IGNORE_INDEX).sum()
+            loss_sum += loss.double() * n
+            count += n
+        all_reduce_sum(loss_sum)
+        all_reduce_sum(count)
+        model.train(was_training)
+        if float(count) == 0:
+            raise ConfigError("the validation loader yielded no labelled tokens")
+        val_loss = float(loss_sum / count)
+        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+
+    @property
+    def best(self) -> float | None:
+        return self.best_val_loss if math.isfinite(self.best_val_loss) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_val_loss": self.best, "last_val_loss": self.last_val_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        best = state.get("best_val_loss")
+        self.best_val_loss = math.inf if best is None else float(best)
+        self.last_val_loss = state.get("last_val_loss")
