@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from nima.errors import ConfigError
 
 IGNORE_INDEX = -100
-"""Label value that the loss ignores (padding of shorter windows)."""
+"""Label value that the loss ignores (padding of shorter windows, prompt tokens); the one
+definition, used by the collator, the model's loss, training and evaluation."""
 
 
 class DataCollator:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from nima.errors import DataError
 from nima.evaluation.evaluate import evaluate_tokens
 from nima.inference.loading import LoadedModel, add_loading_options, load_for_inference, set_threads
+from nima.runtime.precision import inference_precision
 
 EXAMPLES = """examples:
   nima eval --checkpoint experiments/checkpoints/best_model.pt
@@ -57,13 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="autocast precision; auto: bf16 on GPUs that support it, else fp32 (default auto)",
     )
     return p
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16_gpu else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _read_text(path: Path) -> str:
@@ -133,7 +126,7 @@ def main(argv: list[str]) -> int:
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         device=loaded.device,
-        autocast_dtype=_autocast_dtype(args.precision, loaded.device),
+        autocast_dtype=inference_precision(args.precision, loaded.device).dtype,
         progress=not args.json,
     )
     seconds = time.perf_counter() - start

@@ -12,7 +12,6 @@ This module imports only torch and numpy, so the Trainer can use it without an i
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from nima.data.loader import IGNORE_INDEX
 from nima.errors import ConfigError, DataError
 from nima.evaluation.metrics import EvalResult
 from nima.evaluation.text_units import count_text_units
 from nima.evaluation.windows import count_windows, plan_windows
-
-IGNORE_INDEX = -100
+from nima.runtime.precision import autocast_for
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -80,12 +79,6 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     """Sum per-rank totals over all processes when running distributed (no-op otherwise)."""
     import torch.distributed as dist
@@ -129,7 +122,7 @@ def evaluate_batches(
     characters, giving bits per byte/char as well."""
     device = torch.device(device) if device is not None else _model_device(model)
     total_nats, tokens, n_bytes, n_chars, rows = 0.0, 0, 0, 0, 0
-    with _EvalMode(model), _autocast(device, autocast_dtype):
+    with _EvalMode(model), autocast_for(device, autocast_dtype):
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
@@ -178,6 +171,31 @@ def _context_of(model: torch.nn.Module, context_length: int | None) -> int:
     return int(context_length)
 
 
+def _check_options(context: int, stride: int, batch_size: int, max_tokens: int | None) -> None:
+    if not 1 <= stride <= context:
+        raise ConfigError(
+            f"stride={stride} must be between 1 and the context length {context} "
+            "(a larger stride would skip tokens)"
+        )
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be at least 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"max_tokens={max_tokens} must be at least 1")
+
+
+def _token_stream(tokens: Sequence[int] | np.ndarray | torch.Tensor, max_tokens: int | None) -> Any:
+    """The first ``max_tokens + 1`` tokens, as an array-like read lazily (a memory-mapped split
+    is never loaded whole)."""
+    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+    if n < 2:
+        raise DataError(f"cannot evaluate {n} token(s): at least 2 are needed (one context, one target)")
+    if isinstance(tokens, torch.Tensor):
+        return tokens.detach().cpu().numpy()[:n]
+    if isinstance(tokens, np.ndarray):
+        return tokens[:n]
+    return np.asarray(tokens[:n], dtype=np.int64)
+
+
 def evaluate_tokens(
     model: torch.nn.Module,
     tokens: Sequence[int] | np.ndarray | torch.Tensor,
@@ -202,26 +220,9 @@ def evaluate_tokens(
     """
     context = _context_of(model, context_length)
     stride = context if stride is None else int(stride)
-    if not 1 <= stride <= context:
-        raise ConfigError(
-            f"stride={stride} must be between 1 and the context length {context} "
-            "(a larger stride would skip tokens)"
-        )
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be at least 1")
-    if max_tokens is not None and max_tokens < 1:
-        raise ConfigError(f"max_tokens={max_tokens} must be at least 1")
-    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
-    if n < 2:
-        raise DataError(f"cannot evaluate {n} token(s): at least 2 are needed (one context, one target)")
-    # Windows are read from the source as needed, so a memory-mapped split is never loaded whole.
-    if isinstance(tokens, torch.Tensor):
-        stream: Any = tokens.detach().cpu().numpy()
-    elif isinstance(tokens, np.ndarray):
-        stream = tokens
-    else:
-        stream = np.asarray(tokens[:n], dtype=np.int64)
-    stream = stream[:n]
+    _check_options(context, stride, batch_size, max_tokens)
+    stream = _token_stream(tokens, max_tokens)
+    n = len(stream)
 
     def read(begin: int, end: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(stream[begin:end], dtype=np.int64))
@@ -248,7 +249,7 @@ def evaluate_tokens(
         scored += k
         pending.clear()
 
-    with _EvalMode(model), _autocast(device, autocast_dtype):
+    with _EvalMode(model), autocast_for(device, autocast_dtype):
         bar = tqdm(
             total=count_windows(n, context, stride),
             unit="window",

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from nima.errors import CheckpointError, ConfigError, DataError
+from nima.runtime.device import resolve_device
 
 STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng")
 
@@ -44,21 +45,8 @@ class LoadedModel:
 
 
 def pick_device(name: str | None = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; anything else is passed to torch."""
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
+    """``auto`` -> cuda if available, else mps, else cpu (the runtime's rule, for ``--device``)."""
+    return resolve_device(name, option="--device")
 
 
 def add_loading_options(parser: argparse.ArgumentParser, device: bool = True) -> None:

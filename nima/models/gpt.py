@@ -12,13 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from nima.data.loader import IGNORE_INDEX  # the label the loss skips (padding, prompt tokens)
 from nima.errors import NimaError
 from nima.models.attention import CausalSelfAttention, KVCache
 from nima.models.config import ModelConfig
 from nima.models.layers import RotaryEmbedding, dropout_or_identity, make_mlp, make_norm
-
-IGNORE_INDEX = -100
-"""Label value that the loss skips (padding, prompt tokens)."""
 
 LOSS_CHUNK_ROWS = 1024
 """Positions per chunk of the memory-saving loss (``return_logits=False``)."""

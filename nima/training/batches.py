@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from nima.models.gpt import IGNORE_INDEX
+from nima.data.loader import IGNORE_INDEX
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

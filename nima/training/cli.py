@@ -9,10 +9,8 @@ and prints a summary (and, for ``--quick_test``, a short sample).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
-import sysconfig
 import textwrap
 import time
 from pathlib import Path
@@ -24,6 +22,9 @@ from nima.checkpoint import newest_checkpoint
 from nima.cli import CommandParser
 from nima.config import RunConfig, known_keys, parse_overrides
 from nima.errors import ConfigError, DataError
+from nima.files import atomic_write_json
+from nima.training.recipe import build_run
+from nima.training.results import TrainResults
 
 # The quick recipe: a small char-level model that reaches a validation loss below 2.3 on tiny
 # Shakespeare within about a minute on a 2-core CPU (configs/cpu_quick.yaml is the same).
@@ -54,10 +55,6 @@ QUICK_TEST: dict[str, dict[str, Any]] = {
     },
     "data": {"dataset": "tiny_shakespeare", "tokenizer": "char"},
 }
-
-FALLBACK_NAME = "python_stdlib"
-FALLBACK_BYTES = 1_200_000
-
 
 def build_parser() -> argparse.ArgumentParser:
     keys = known_keys()
@@ -128,134 +125,6 @@ def load_run_config(config_path: str | None, quick_test: bool, overrides: list[s
     return RunConfig.from_yaml(config_path, overrides=overrides)
 
 
-def _stdlib_corpus(data_dir: Path) -> Path:
-    """A text file made of Python standard-library sources: a corpus every machine has."""
-    target = data_dir / FALLBACK_NAME / f"{FALLBACK_NAME}.txt"
-    if target.is_file() and target.stat().st_size > 0:
-        return target
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts, size = [], 0
-    for path in sorted(stdlib.glob("*.py")):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        parts.append(text)
-        size += len(text)
-        if size >= FALLBACK_BYTES:
-            break
-    if not parts:
-        raise DataError(f"no Python standard-library sources found under {stdlib} for the fallback corpus")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text("\n".join(parts)[:FALLBACK_BYTES], encoding="utf-8")
-    tmp.replace(target)
-    return target
-
-
-def prepare_data(run: RunConfig, allow_fallback: bool, say=print):
-    """Prepare (or reuse) the run's data; with ``allow_fallback``, use the stdlib corpus if tiny
-    Shakespeare cannot be had. Returns ``PreparedData``."""
-    from nima.data import default_data_dir, prepare
-
-    data = run.data
-    vocab_size = run.model.vocab_size if data.tokenizer == "bpe" else None
-    kwargs = {
-        "data_dir": data.data_dir,
-        "encoding": data.encoding,
-        "text_field": data.text_field,
-        "val_fraction": data.val_fraction,
-    }
-    try:
-        return prepare(data.dataset, data.tokenizer, vocab_size=vocab_size, **kwargs)
-    except DataError as err:
-        if not (allow_fallback and data.dataset == "tiny_shakespeare"):
-            raise
-        say(f"note: tiny Shakespeare is not available ({err})")
-        root = Path(data.data_dir) if data.data_dir else default_data_dir()
-        corpus = _stdlib_corpus(root)
-        say(
-            f"note: FALLBACK CORPUS: training on Python standard-library source text ({corpus}) instead "
-            "of tiny Shakespeare; losses and samples are not comparable"
-        )
-        return prepare(str(corpus), data.tokenizer, vocab_size=vocab_size, **kwargs)
-
-
-def prepare_data_once_per_node(run: RunConfig, ctx: Any, allow_fallback: bool, say=print):
-    """:func:`prepare_data` under torchrun without duplicated work: rank 0 prepares first; then the
-    first process of every other node (which reuses rank 0's result on a shared file system, and
-    prepares its own copy otherwise); then everyone else reuses their node's."""
-    from nima.distributed import barrier
-
-    prepared = None
-    for turn in (ctx.is_main, ctx.local_rank == 0 and not ctx.is_main, ctx.local_rank != 0):
-        if turn:
-            prepared = prepare_data(run, allow_fallback=allow_fallback, say=say)
-        barrier()
-    return prepared
-
-
-def model_config_from(run: RunConfig, init_from: str | Path, tokenizer: Any, say=print) -> RunConfig:
-    """The run with the model config of checkpoint ``init_from`` (the run's own dropout and
-    gradient checkpointing kept: they change training, not the weights)."""
-    from nima.checkpoint import load_checkpoint_file
-    from nima.models import ModelConfig
-
-    saved = load_checkpoint_file(init_from, mmap=True).get("model_config")  # the Trainer reads the weights
-    if not isinstance(saved, dict):
-        raise ConfigError(f"--init_from {init_from} has no model_config to start from")
-    model = ModelConfig.from_dict(
-        {**saved, "dropout": run.model.dropout, "gradient_checkpointing": run.model.gradient_checkpointing}
-    )
-    if tokenizer.vocab_size > model.vocab_size:
-        raise ConfigError(
-            f"the data's tokenizer has {tokenizer.vocab_size} ids but the model of {init_from} only "
-            f"{model.vocab_size}; prepare the data with its tokenizer (data.tokenizer: <its tokenizer.json>)"
-        )
-    say(f"fine-tuning from {init_from}: model config taken from it (the config's model: section is ignored)")
-    return run.replace(model=model)
-
-
-def fit_vocab_size(run: RunConfig, tokenizer: Any, say=print) -> RunConfig:
-    """Make model.vocab_size match the tokenizer (with one warning when it did not)."""
-    if run.model.vocab_size == tokenizer.vocab_size:
-        return run
-    if run.data.tokenizer == "bpe" and tokenizer.vocab_size < run.model.vocab_size:
-        why = "the corpus gave fewer BPE merges than asked"
-    else:
-        why = f"the {run.data.tokenizer} vocabulary comes from the tokenizer"
-    say(f"warning: model.vocab_size={run.model.vocab_size} changed to {tokenizer.vocab_size} ({why})")
-    return run.replace(model=dataclasses.replace(run.model, vocab_size=tokenizer.vocab_size))
-
-
-def build_loaders(run: RunConfig, prepared: Any, rank: int, world_size: int):
-    """Train and validation loaders over windows of model.max_seq_len tokens, sharded by rank."""
-    from nima.data import DataCollator, TokenWindowDataset, create_dataloader
-
-    seed = run.data.seed if run.data.seed is not None else run.training.seed
-    context = run.model.max_seq_len
-    train_ds = TokenWindowDataset.from_prepared(prepared, "train", context, seed=seed)
-    val_ds = TokenWindowDataset.from_prepared(prepared, "val", context, seed=seed)
-    if len(train_ds) == 0:
-        raise DataError(
-            f"the training split of {prepared.path} is shorter than one window of "
-            f"model.max_seq_len={context} tokens; use a smaller max_seq_len or more text"
-        )
-    collator = DataCollator(prepared.tokenizer)
-    workers = run.data.num_workers or run.training.num_workers
-    common = {
-        "collate_fn": collator,
-        "seed": seed,
-        "num_workers": workers,
-        "pin_memory": run.data.pin_memory,
-        "rank": rank,
-        "world_size": world_size,
-    }
-    train = create_dataloader(train_ds, run.training.batch_size, shuffle=True, **common)
-    val = create_dataloader(val_ds, run.training.batch_size, shuffle=False, **common) if len(val_ds) else None
-    return train, val
-
-
 def print_sample(model: Any, tokenizer: Any, device: torch.device, max_new_tokens: int = 200) -> str:
     """Generate a short continuation of a newline and print it."""
     try:
@@ -276,61 +145,34 @@ def print_sample(model: Any, tokenizer: Any, device: torch.device, max_new_token
     return text
 
 
-def run_training(
+def train_from_cli(
     run: RunConfig,
     checkpoint: str | Path | None = None,
     quick_test: bool = False,
     init_from: str | Path | None = None,
-) -> dict[str, Any]:
-    """Everything ``nima train`` does, as a function (returns the Trainer's results).
-
-    ``checkpoint`` resumes a run; ``init_from`` starts a new run (fine-tuning) from a checkpoint's
-    weights, with its model config. With both, the fine-tuning run resumes from ``checkpoint``.
-    """
-    from nima.distributed import cleanup, init_distributed
-    from nima.models import create_model
-    from nima.training.trainer import Trainer
+) -> TrainResults:
+    """Everything ``nima train`` does after parsing: build the run, train, write the results to
+    ``<output_dir>/results.json``, print the summary (and, for the quick test, a sample)."""
+    from nima.distributed import cleanup
 
     started = time.perf_counter()
-    device_kind = (
-        "cuda"
-        if run.training.device.startswith("cuda")
-        or (run.training.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    ctx = init_distributed(device_kind)
-    say = print if ctx.is_main else (lambda *a, **k: None)
     try:
-        prepared = prepare_data_once_per_node(run, ctx, allow_fallback=quick_test, say=say)
-        say(
-            f"data: {prepared.path} ({prepared.meta.get('train_tokens', '?')} train tokens, "
-            f"{prepared.tokenizer.kind} tokenizer, vocab {prepared.tokenizer.vocab_size})"
-        )
-        if init_from:  # a fine-tuning run: the model is the checkpoint's (its own, once resumed)
-            run = model_config_from(run, checkpoint or init_from, prepared.tokenizer, say=say)
-        else:
-            run = fit_vocab_size(run, prepared.tokenizer, say=say)
-        train_loader, val_loader = build_loaders(run, prepared, ctx.rank, ctx.world_size)
-        torch.manual_seed(run.training.seed)
-        model = create_model(run.model)
-        trainer = Trainer(model, run.training, train_loader, val_loader, tokenizer=prepared.tokenizer)
-        if checkpoint:
-            trainer.load_checkpoint(checkpoint)
-        elif init_from:
-            trainer.load_checkpoint(init_from, weights_only_model=True)
-        results = trainer.train()
-        if ctx.is_main:
+        built = build_run(run, checkpoint=checkpoint, init_from=init_from, allow_fallback=quick_test)
+        results = built.train()
+        trainer = built.trainer
+        if trainer.is_main:
+            atomic_write_json(Path(run.training.output_dir) / "results.json", dict(results))
             _print_summary(results, time.perf_counter() - started)
             if quick_test and trainer.sharded:  # generating would need every rank's shards
                 print("sample: skipped (the model is sharded); run nima generate on the checkpoint")
             elif quick_test:
-                print_sample(trainer.raw_model, prepared.tokenizer, trainer.device)
+                print_sample(trainer.raw_model, built.tokenizer, trainer.device)
         return results
     finally:
         cleanup()
 
 
-def _print_summary(results: dict[str, Any], total_s: float) -> None:
+def _print_summary(results: TrainResults, total_s: float) -> None:
     val = results["final_val_loss"]
     best = results["best_val_loss"]
     parts = [
@@ -362,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = newest_checkpoint(run.training.output_dir)
         if checkpoint is None:
             print(f"--resume: no checkpoint in {run.training.output_dir}/checkpoints yet; starting afresh")
-    results = run_training(run, checkpoint=checkpoint, quick_test=args.quick_test, init_from=args.init_from)
+    results = train_from_cli(run, checkpoint=checkpoint, quick_test=args.quick_test, init_from=args.init_from)
     if results.get("stop_signal"):  # preempted: saved, and the exit status says why it stopped
         return 128 + signal.Signals[results["stop_signal"]].value
     return 0

@@ -13,10 +13,14 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from nima.checkpoint import newest_checkpoint
 from nima.distributed import all_reduce_sum
+from nima.errors import TrainingDivergedError
+from nima.training.config import TrainingConfig
 from nima.training.mfu import mfu
 
 
@@ -134,3 +138,17 @@ class Meter:
     def train_s(self) -> float:
         """Seconds of training steps (wall time less overhead)."""
         return max(self.wall_s - self.overhead_s, 1e-9)
+
+
+def diverged_error(
+    last_finite_step: int, step: int, output_dir: str | Path, config: TrainingConfig
+) -> TrainingDivergedError:
+    """The error that stops a run whose loss became nan or inf, with how to go on."""
+    last = newest_checkpoint(output_dir)
+    resume = f"resume from {last}" if last else "start again"
+    clip = "" if config.gradient_clip else ", training.gradient_clip: 1.0"
+    return TrainingDivergedError(
+        f"training diverged: the loss became nan or inf between steps {last_finite_step} and "
+        f"{step}, and nothing was saved after step {last_finite_step}; {resume} with a "
+        f"lower training.learning_rate (now {config.learning_rate:g}){clip} or more warmup_steps"
+    )

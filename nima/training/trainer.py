@@ -16,7 +16,6 @@ the step count says, close the epoch when it ends, stop when asked.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,17 +25,19 @@ import torch
 from torch import nn
 
 from nima.checkpoint import newest_checkpoint
-from nima.errors import ConfigError, TrainingDivergedError
-from nima.runtime import Runtime, bf16_faster_on_cpu, seed_everything, unwrap_model
+from nima.errors import ConfigError
+from nima.runtime import Runtime, seed_everything, unwrap_model
+from nima.training import setup
 from nima.training.callbacks import EarlyStopping, MetricsTracker, ProgressPrinter
 from nima.training.checkpointer import Checkpointer
 from nima.training.config import TrainingConfig
 from nima.training.console import make_progress, start_lines
 from nima.training.cursor import DataCursor, Window
-from nima.training.meter import Meter
+from nima.training.meter import Meter, diverged_error
 from nima.training.mfu import peak_flops_for
 from nima.training.optimizers import get_optimizer
 from nima.training.preemption import StopSignal
+from nima.training.results import TrainResults
 from nima.training.schedulers import get_scheduler
 from nima.training.step import TrainStep
 from nima.training.validator import Validator
@@ -80,15 +81,19 @@ class Trainer:
         self.tokenizer = tokenizer
         self.raw_model = unwrap_model(model)
         self._set_gradient_checkpointing(config.gradient_checkpointing)
-        self.batch_size, self.seq_len = self._peek_batch_shape()
+        self.batch_size, self.seq_len = setup.batch_shape(train_dataloader, self.raw_model)
+        benchmark = setup.bf16_benchmark(self.raw_model, self.batch_size, self.seq_len)
         self.runtime = Runtime.for_training(
-            config.device, config.precision, config.use_mixed_precision, bf16_benchmark=self._bf16_benchmark
+            config.device, config.precision, config.use_mixed_precision, bf16_benchmark=benchmark
         )
         seed_everything(config.seed + self.runtime.dist.rank)
-        self._check_loader()
+        setup.warn_about_loader(train_dataloader, config, self.batch_size, self.dist)
         self.model = self.runtime.prepare_model(self.raw_model, config.distributed_strategy, config.compile)
         self.cursor = DataCursor(train_dataloader, config.gradient_accumulation_steps, self.dist.world_size)
-        self.total_steps = self._total_steps()
+        self.steps_per_epoch = setup.steps_per_epoch(
+            self.cursor.batches_per_epoch, config.gradient_accumulation_steps
+        )
+        self.total_steps = setup.total_steps(config, self.steps_per_epoch)
         self.optimizer = optimizer or get_optimizer(
             self.raw_model,
             config.optimizer_type,
@@ -133,13 +138,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> TrainResults:
         """Train until ``max_steps`` (or ``num_epochs``), early stopping or a callback stops it.
 
-        Returns ``final_val_loss``, ``best_val_loss``, ``final_train_loss``, ``steps``,
-        ``epochs``, ``tokens``, ``wall_time_s``, ``tokens_per_s`` (over the whole run, evaluation
-        included), ``train_tokens_per_s`` (training steps only), ``precision``, ``stopped_early``,
-        ``stop_reason``, ``last_checkpoint``, ``output_dir`` and ``stop_signal``.
+        Returns :class:`TrainResults` (``results.best_val_loss`` or ``results["best_val_loss"]``):
+        losses, steps, epochs, tokens, wall time, tokens/s with and without evaluation and
+        checkpoints, precision, why it stopped, and the last checkpoint.
 
         SIGTERM (what schedulers send before preempting a job) or Ctrl-C (SIGINT) stops training
         at the next step boundary (under torchrun: at the next logging step, on all ranks
@@ -267,25 +271,25 @@ class Trainer:
             where = f"resume from {last}" if last else "no step checkpoint was written yet"
             self._say(f"interrupted after step {self.step} without saving; {where}")
 
-    def _results(self) -> dict[str, Any]:
-        meter, wall = self.meter, self.meter.wall_s
-        results = {
-            "final_val_loss": self.validator.last_val_loss,
-            "best_val_loss": self.validator.best,
-            "final_train_loss": meter.final_loss(),
-            "steps": self.step,
-            "epochs": self.cursor.epochs_done,
-            "tokens": meter.tokens,
-            "wall_time_s": wall,
-            "tokens_per_s": meter.tokens / wall if wall > 0 else 0.0,
-            "train_tokens_per_s": meter.tokens / max(wall - meter.overhead_s, 1e-9),
-            "precision": self.precision.name,
-            "stopped_early": self.stop_reason is not None,
-            "stop_reason": self.stop_reason,
-            "last_checkpoint": str(self.checkpointer.last_path) if self.checkpointer.last_path else None,
-            "output_dir": str(self.output_dir),
-            "stop_signal": self._stop.name,
-        }
+    def _results(self) -> TrainResults:
+        meter, wall, last = self.meter, self.meter.wall_s, self.checkpointer.last_path
+        results = TrainResults(
+            final_val_loss=self.validator.last_val_loss,
+            best_val_loss=self.validator.best,
+            final_train_loss=meter.final_loss(),
+            steps=self.step,
+            epochs=self.cursor.epochs_done,
+            tokens=meter.tokens,
+            wall_time_s=wall,
+            tokens_per_s=meter.tokens / wall if wall > 0 else 0.0,
+            train_tokens_per_s=meter.tokens / max(wall - meter.overhead_s, 1e-9),
+            precision=self.precision.name,
+            stopped_early=self.stop_reason is not None,
+            stop_reason=self.stop_reason,
+            last_checkpoint=str(last) if last else None,
+            output_dir=str(self.output_dir),
+            stop_signal=self._stop.name,
+        )
         if self.stop_reason:
             self._say(self.stop_reason)
         self._call("on_train_end", self, results)
@@ -296,17 +300,9 @@ class Trainer:
         process, before anything is logged or saved: a diverged run never writes (or, through
         ``keep_last_checkpoints``, prunes away) a good checkpoint. Called where the loop reads the
         loss anyway (logging and saving steps); under torchrun every process calls it together."""
-        if self.meter.loss_is_finite(self.device, self.dist.enabled):
-            self._last_finite_step = self.step
-            return
-        last = newest_checkpoint(self.output_dir)
-        resume = f"resume from {last}" if last else "start again"
-        clip = "" if self.config.gradient_clip else ", training.gradient_clip: 1.0"
-        raise TrainingDivergedError(
-            f"training diverged: the loss became nan or inf between steps {self._last_finite_step} and "
-            f"{self.step}, and nothing was saved after step {self._last_finite_step}; {resume} with a "
-            f"lower training.learning_rate (now {self.config.learning_rate:g}){clip} or more warmup_steps"
-        )
+        if not self.meter.loss_is_finite(self.device, self.dist.enabled):
+            raise diverged_error(self._last_finite_step, self.step, self.output_dir, self.config)
+        self._last_finite_step = self.step
 
     # ------------------------------------------------------------------ public pieces
 
@@ -372,11 +368,6 @@ class Trainer:
     last_val_loss = property(lambda self: self.validator.last_val_loss)
 
     @property
-    def steps_per_epoch(self) -> int | None:
-        batches = self.cursor.batches_per_epoch
-        return math.ceil(batches / self.config.gradient_accumulation_steps) if batches else None
-
-    @property
     def overhead_seconds(self) -> float:
         """Seconds the current (or last) ``train()`` has spent evaluating and saving checkpoints:
         the time that ``train_tokens_per_s`` leaves out."""
@@ -399,45 +390,6 @@ class Trainer:
         elif enabled:
             model_config.gradient_checkpointing = True
 
-    def _peek_batch_shape(self) -> tuple[int | None, int | None]:
-        loader = self.train_dataloader
-        seq_len = getattr(getattr(loader, "dataset", None), "max_length", None)
-        if seq_len is None:
-            seq_len = getattr(getattr(self.raw_model, "config", None), "max_seq_len", None)
-        return getattr(loader, "batch_size", None), seq_len
-
-    def _bf16_benchmark(self) -> bool:
-        cfg = getattr(self.raw_model, "config", None)
-        d_model = getattr(cfg, "d_model", 512)
-        d_ff = getattr(cfg, "ff_dim", None) or getattr(cfg, "d_ff", None) or 4 * d_model
-        rows = (self.batch_size or 8) * (self.seq_len or 256)
-        with torch.random.fork_rng(devices=[]):  # the benchmark's random inputs stay out of training's stream
-            return bf16_faster_on_cpu(rows, d_model, d_ff)
-
-    def _check_loader(self) -> None:
-        if self.batch_size is not None and self.batch_size != self.config.batch_size:
-            warnings.warn(
-                f"TrainingConfig.batch_size={self.config.batch_size} but the train loader yields batches of "
-                f"{self.batch_size}; the Trainer uses the loader's batches (batch_size only sizes "
-                "the loaders that scripts/train.py builds)",
-                stacklevel=3,
-            )
-        sampler = getattr(self.train_dataloader, "sampler", None)
-        shards = getattr(sampler, "world_size", getattr(sampler, "num_replicas", 1))
-        if self.dist.enabled and shards != self.dist.world_size:
-            warnings.warn(
-                "running on several processes but the train loader is not sharded by rank: every "
-                "process sees the same batches; build it with create_dataloader(rank=, world_size=)",
-                stacklevel=3,
-            )
-
-    def _total_steps(self) -> int:
-        if self.config.max_steps is not None:
-            return self.config.max_steps
-        if self.steps_per_epoch:
-            return self.config.num_epochs * self.steps_per_epoch
-        raise ConfigError("the train loader has no length; set training.max_steps")
-
     def _early_stopping(self) -> EarlyStopping | None:
         found = next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
         if found is None and self.config.early_stopping_patience:
@@ -454,7 +406,9 @@ class Trainer:
             save_every=self.config.save_every,
             keep_last=self.config.keep_last_checkpoints,
             async_write=self.config.async_checkpoint,
-            metadata=self._checkpoint_metadata,
+            metadata=lambda: setup.run_metadata(
+                self.raw_model, self.config, self.train_dataloader, self.tokenizer
+            ),
         )
         for component in (self, self.cursor, self.validator):
             checkpointer.register(component)
@@ -462,29 +416,6 @@ class Trainer:
         checkpointer.register(self.train_step.scaler, "scaler")
         checkpointer.register(self.early_stopping, "early_stopping")
         return checkpointer
-
-    def _checkpoint_metadata(self) -> dict[str, Any]:
-        """What a checkpoint records about the run besides its state: model config, tokenizer,
-        prepared data, training config."""
-        dataset = getattr(self.train_dataloader, "dataset", None)
-        model_config = getattr(self.raw_model, "config", None)
-        return {
-            "model_config": model_config.to_dict() if hasattr(model_config, "to_dict") else None,
-            "tokenizer": self._tokenizer_identity(dataset),
-            "prepared_path": getattr(dataset, "prepared_path", None),
-            "training_config": self.config.to_dict(),
-        }
-
-    def _tokenizer_identity(self, dataset: Any) -> dict[str, Any] | None:
-        identity = None
-        if self.tokenizer is not None and hasattr(self.tokenizer, "identity"):
-            identity = dict(self.tokenizer.identity())
-        elif getattr(dataset, "tokenizer_identity", None):
-            identity = dict(dataset.tokenizer_identity)
-        prepared = getattr(dataset, "prepared_path", None)
-        if identity is not None and prepared is not None and (Path(prepared) / "tokenizer.json").is_file():
-            identity["path"] = str((Path(prepared) / "tokenizer.json").resolve())
-        return identity
 
     # ------------------------------------------------------------------ output
 
