@@ -8,6 +8,10 @@ values are one-line :class:`~nima.errors.ConfigError` messages prefixed with whe
 
     configs/x.yaml: unknown key training.learnig_rate (did you mean training.learning_rate?)
 
+Each setting has one home; a key given in a section it moved out of says where it went
+(``configs/x.yaml: training.num_workers moved to data.num_workers``). The checks are the same
+for the three sections (:mod:`nima.config_fields`).
+
 Overrides are written ``--section.key=value`` or ``--section.key value``.
 """
 
@@ -20,15 +24,17 @@ from typing import Any
 
 import yaml
 
+from nima.config_fields import ConfigSection, build_section, field_types, suggest
 from nima.data import DataConfig
 from nima.errors import ConfigError
 from nima.models import ModelConfig
-from nima.training.config import ALIASES as TRAINING_ALIASES
 from nima.training.config import TrainingConfig
-from nima.training.validation import build_section, field_types, suggest
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "training": TrainingConfig, "data": DataConfig}
-SECTION_ALIASES: dict[str, dict[str, str]] = {"training": TRAINING_ALIASES}
+SECTIONS: dict[str, type[ConfigSection]] = {
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "data": DataConfig,
+}
 
 
 @dataclass
@@ -74,11 +80,12 @@ class RunConfig:
             for dotted, value in parsed.items():
                 section, key = _split_key(dotted)
                 _check_section(section, "command line")
+                aliases, moved = SECTIONS[section].ALIASES, SECTIONS[section].MOVED
+                if key in moved:
+                    raise ConfigError(f"command line: {section}.{key} moved to {moved[key]}")
                 values = merged.setdefault(section, {})
-                canonical = SECTION_ALIASES.get(section, {}).get(key, key)
-                for spelling in [
-                    k for k in values if SECTION_ALIASES.get(section, {}).get(k, k) == canonical
-                ]:
+                canonical = aliases.get(key, key)
+                for spelling in [k for k in values if aliases.get(k, k) == canonical]:
                     del values[spelling]  # an override replaces any spelling of the same key
                 values[key] = value
                 if isinstance(value, str):
@@ -87,14 +94,10 @@ class RunConfig:
         for name, cls_ in SECTIONS.items():
             values = merged.get(name, {})
             try:
-                sections[name] = build_section(
-                    cls_, values, name, SECTION_ALIASES.get(name), from_string=frozenset(from_cli[name])
-                )
+                sections[name] = build_section(cls_, values, from_string=from_cli[name])
             except ConfigError as err:
                 message = str(err)
                 raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
-            except TypeError as err:  # a section class rejecting arguments in its own way
-                raise ConfigError(f"{where}: section {name}: {err}") from None
         return cls(sections["model"], sections["training"], sections["data"], source=source)
 
     @classmethod

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from nima.config import RunConfig, parse_overrides
+from nima.config import SECTIONS, RunConfig, parse_overrides
+from nima.data import DataConfig
 from nima.errors import ConfigError
+from nima.models import ModelConfig
 from nima.training import TrainingConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -171,3 +174,161 @@ def test_training_config_aliases_and_validation() -> None:
         TrainingConfig(device="gpu")
     with pytest.raises(ConfigError, match="unknown key training.batchsize"):
         TrainingConfig.from_dict({"batchsize": 3})
+
+
+# ------------------------------------------------------------------ one home for each setting
+
+MOVED = [
+    ("training", "gradient_checkpointing", "true", "model.gradient_checkpointing"),
+    ("training", "num_workers", "2", "data.num_workers"),
+    ("data", "seed", "7", "training.seed"),
+]
+
+
+@pytest.mark.parametrize("section, key, value, home", MOVED)
+def test_a_moved_key_in_a_file_says_where_it_went(tmp_path: Path, section, key, value, home) -> None:
+    path = _write(tmp_path, f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_yaml(path)
+    assert str(err.value) == f"{path}: {section}.{key} moved to {home}"
+
+
+@pytest.mark.parametrize("section, key, value, home", MOVED)
+def test_a_moved_key_on_the_command_line_says_where_it_went(section, key, value, home) -> None:
+    for overrides in ([f"--{section}.{key}={value}"], [f"--{section}.{key}", value]):
+        with pytest.raises(ConfigError) as err:
+            RunConfig.from_dict({}, source="configs/x.yaml", overrides=overrides)
+        assert str(err.value) == f"command line: {section}.{key} moved to {home}"
+
+
+@pytest.mark.parametrize("section, key, value, home", MOVED)
+def test_a_moved_key_in_python_says_where_it_went(section, key, value, home) -> None:
+    cls = SECTIONS[section]
+    with pytest.raises(ConfigError, match=f"^{section}.{key} moved to {home}$"):
+        cls(**{key: yaml.safe_load(value)})
+    with pytest.raises(ConfigError, match=f"^{section}.{key} moved to {home}$"):
+        cls.from_dict({key: yaml.safe_load(value)})
+
+
+def test_the_new_homes_work_from_file_and_command_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model:\n  gradient_checkpointing: true\ndata:\n  num_workers: 2\n")
+    run = RunConfig.from_yaml(path, overrides=["--training.seed=7"])
+    assert run.model.gradient_checkpointing is True and run.data.num_workers == 2 and run.training.seed == 7
+    run = RunConfig.from_dict(
+        {}, overrides=["--model.gradient_checkpointing=yes", "--data.num_workers", "3", "--training.seed=0"]
+    )
+    assert run.model.gradient_checkpointing is True and run.data.num_workers == 3 and run.training.seed == 0
+    assert (
+        "gradient_checkpointing" not in run.training.to_dict() and "num_workers" not in run.training.to_dict()
+    )
+    assert "seed" not in run.data.to_dict()
+
+
+# ------------------------------------------------------------------ one validation path for every section
+
+# (section, a typo, its suggestion, a key with a wrong type, that value, its type, an out-of-range value)
+SECTION_CASES = [
+    ("model", "n_head", "n_heads", "n_layers", "two", "an integer", ("dropout", "1.5", "in [0, 1)")),
+    ("training", "learnig_rate", "learning_rate", "compile", "maybe", "true or false", ("eps", "0", "> 0")),
+    (
+        "data",
+        "val_fracton",
+        "val_fraction",
+        "val_fraction",
+        "most",
+        "a number",
+        ("num_workers", "-1", ">= 0"),
+    ),
+]
+
+
+def _one_line_error(call) -> str:
+    with pytest.raises(ConfigError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("section, typo, key, bad_key, bad, kind, out_of_range", SECTION_CASES)
+def test_every_section_is_checked_the_same_way_in_a_file(
+    tmp_path: Path, section, typo, key, bad_key, bad, kind, out_of_range
+) -> None:
+    path = _write(tmp_path, f"{section}:\n  {typo}: 1\n")
+    message = _one_line_error(lambda: RunConfig.from_yaml(path))
+    assert message == f"{path}: unknown key {section}.{typo} (did you mean {section}.{key}?)"
+
+    path = _write(tmp_path, f"{section}:\n  {bad_key}: {bad}\n")
+    message = _one_line_error(lambda: RunConfig.from_yaml(path))
+    assert message == f"{path}: {section}.{bad_key} must be {kind}, got {bad!r}"
+
+    name, value, rule = out_of_range
+    path = _write(tmp_path, f"{section}:\n  {name}: {value}\n")
+    message = _one_line_error(lambda: RunConfig.from_yaml(path))
+    assert message.startswith(f"{path}: {section}.{name} must be {rule}, got ")
+
+
+@pytest.mark.parametrize("section, typo, key, bad_key, bad, kind, out_of_range", SECTION_CASES)
+def test_every_section_is_checked_the_same_way_on_the_command_line_and_in_python(
+    section, typo, key, bad_key, bad, kind, out_of_range
+) -> None:
+    cls = SECTIONS[section]
+    unknown = f"unknown key {section}.{typo} (did you mean {section}.{key}?)"
+    assert _one_line_error(lambda: RunConfig.from_dict({}, overrides=[f"--{section}.{typo}=1"])).endswith(
+        unknown
+    )
+    assert _one_line_error(lambda: cls.from_dict({typo: 1})) == unknown
+    assert _one_line_error(lambda: cls(**{typo: 1})) == unknown
+
+    wrong = f"{section}.{bad_key} must be {kind}, got {bad!r}"
+    assert _one_line_error(
+        lambda: RunConfig.from_dict({}, overrides=[f"--{section}.{bad_key}={bad}"])
+    ).endswith(wrong)
+    assert _one_line_error(lambda: cls(**{bad_key: bad})) == wrong
+
+    name, value, rule = out_of_range
+    expected = f"{section}.{name} must be {rule}, got "
+    assert expected in _one_line_error(
+        lambda: RunConfig.from_dict({}, overrides=[f"--{section}.{name}={value}"])
+    )
+    assert _one_line_error(lambda: cls(**{name: yaml.safe_load(value)})).startswith(expected)
+
+
+def test_command_line_strings_are_parsed_by_field_type_in_every_section() -> None:
+    run = RunConfig.from_dict(
+        {},
+        overrides=[
+            "--model.bias=null",
+            "--model.d_ff=64",
+            "--model.tie_embeddings=off",
+            "--model.norm_eps=1e-6",
+            "--training.max_steps=null",
+            "--training.peak_flops=1e12",
+            "--data.pin_memory=yes",
+            "--data.val_fraction=0.2",
+            "--data.data_dir=null",
+            "--data.text_field=123",
+        ],
+    )
+    m, t, d = run.model, run.training, run.data
+    assert m.bias is None and m.d_ff == 64 and m.tie_embeddings is False and m.norm_eps == 1e-6
+    assert t.max_steps is None and t.peak_flops == 1e12
+    assert d.pin_memory is True and d.val_fraction == 0.2 and d.data_dir is None and d.text_field == "123"
+
+
+def test_values_from_a_file_or_python_must_have_the_type() -> None:
+    # Only command-line strings are parsed; a quoted "20" in a file is a string, not a number.
+    with pytest.raises(ConfigError, match="training.max_steps must be an integer or null, got '20'"):
+        RunConfig.from_dict({"training": {"max_steps": "20"}})
+    with pytest.raises(ConfigError, match="data.pin_memory must be true or false, got 'yes'"):
+        DataConfig(pin_memory="yes")
+    # ... except numbers in exponent notation, which YAML 1.1 reads as strings.
+    assert RunConfig.from_dict({"training": {"max_steps": "1e3"}}).training.max_steps == 1000
+    assert ModelConfig(norm_eps="1e-6").norm_eps == 1e-6
+
+
+def test_derived_model_fields_stay_null_through_the_shared_builder() -> None:
+    run = RunConfig.from_dict({"model": {"d_model": 64, "n_heads": 4, "d_ff": None, "arch": "llama"}})
+    m = run.model
+    assert (m.d_ff, m.bias, m.activation, m.n_kv_heads) == (None, None, None, None)
+    assert (m.ff_dim, m.use_bias, m.act, m.kv_heads) == (192, False, "silu", 4)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nima.errors import ConfigError
+from nima.config_fields import ConfigSection, check_types, suggest
+
+TOKENIZERS = ("char", "byte", "bpe")
+# Settings that used to be here too; each has one home now.
+MOVED = {"seed": "training.seed"}
 
 
 @dataclass
-class DataConfig:
-    """Which text to train on and how to tokenize and load it."""
+class DataConfig(ConfigSection, section="data", moved=MOVED):
+    """Which text to train on and how to tokenize and load it (the data order is seeded by
+    ``training.seed``)."""
 
     dataset: str = "tiny_shakespeare"
     """A known dataset name (tiny_shakespeare) or a path: a .txt file, a folder of .txt files, a .jsonl."""
@@ -30,36 +35,19 @@ class DataConfig:
     """DataLoader worker processes (0: load in the training process)."""
     pin_memory: bool = False
     """Pin batches in page-locked memory (faster copies to a GPU)."""
-    seed: int | None = None
-    """Seed of the window offsets and batch order; None: the training seed."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tokenizer, str) or not self.tokenizer:
-            raise ConfigError("data.tokenizer must be char, byte, bpe or the path of a tokenizer.json")
-        if self.tokenizer not in ("char", "byte", "bpe") and not Path(self.tokenizer).expanduser().exists():
-            raise ConfigError(
-                f"data.tokenizer={self.tokenizer!r} is not one of: char, byte, bpe (nor an existing "
-                "tokenizer.json path)"
-            )
-        if not isinstance(self.val_fraction, (int, float)) or not 0.0 < float(self.val_fraction) < 1.0:
-            raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be between 0 and 1 (exclusive)")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ConfigError(f"data.num_workers={self.num_workers!r} must be an integer >= 0")
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise ConfigError("data.dataset must be a dataset name or a path")
+        need = check_types(self)
+        need.that(bool(self.dataset), "dataset", "a dataset name or a path")
+        tokenizer = self.tokenizer
+        need.that(
+            tokenizer in TOKENIZERS or (bool(tokenizer) and Path(tokenizer).expanduser().exists()),
+            "tokenizer",
+            "char, byte, bpe or the path of an existing tokenizer.json",
+            suggest(tokenizer, TOKENIZERS),
+        )
+        need("in (0, 1)", "val_fraction")
+        need(">= 0", "num_workers")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DataConfig:
-        """Build from a dict (a YAML section); an unknown key is a ConfigError naming it."""
-        import difflib
-
-        known = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean data.{close[0]}?)" if close else f"; valid keys: {', '.join(known)}"
-                raise ConfigError(f"unknown key data.{key}{hint}")
-        return cls(**values)

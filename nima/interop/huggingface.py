@@ -80,7 +80,7 @@ def _gpt2(model: GPT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         "layer_norm_epsilon": config.norm_eps,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
+        "attn_pdrop": config.attn_dropout,
     }
 
     def bias(linear_or_norm: torch.nn.Module, size: int) -> torch.Tensor:
@@ -138,7 +138,7 @@ def _llama(model: GPT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "hidden_act": "silu",
         "attention_bias": config.use_bias,
-        "attention_dropout": config.dropout,
+        "attention_dropout": config.attn_dropout,
         "mlp_bias": config.use_bias,
     }
     q, kv = config.n_heads * config.head_dim, config.kv_heads * config.head_dim

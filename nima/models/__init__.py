@@ -14,7 +14,15 @@ from nima.models.generation import (
     top_k_filter,
     top_p_filter,
 )
-from nima.models.gpt import GPT, IGNORE_INDEX, Block, ModelOutput, SequenceTooLongError, chunked_cross_entropy
+from nima.models.gpt import (
+    GPT,
+    IGNORE_INDEX,
+    LOSS_CHUNK_ROWS,
+    Block,
+    ModelOutput,
+    SequenceTooLongError,
+    chunked_cross_entropy,
+)
 from nima.models.presets import (
     PRESETS,
     create_gpt_large,
@@ -28,6 +36,7 @@ from nima.models.presets import (
 __all__ = [
     "ARCHITECTURES",
     "IGNORE_INDEX",
+    "LOSS_CHUNK_ROWS",
     "PRESETS",
     "GPT",
     "Block",

@@ -114,7 +114,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
-        self.attn_dropout = config.dropout
+        self.attn_dropout = config.attn_dropout
         self.resid_dropout = dropout_or_identity(config.dropout)
 
     def forward(

@@ -15,20 +15,20 @@ on today's defaults.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from nima.errors import ConfigError
+from nima.config_fields import ConfigSection, check_types
 
-ARCHITECTURES = ("gpt2", "llama")
+Architecture = Literal["gpt2", "llama"]
+ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
 ACTIVATIONS = {"gpt2": ("gelu", "gelu_tanh"), "llama": ("silu",)}
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigSection, section="model"):
     """Shape and options of a decoder-only transformer (the YAML ``model:`` section)."""
 
     vocab_size: int = 10000
@@ -45,8 +45,14 @@ class ModelConfig:
     max_seq_len: int = 1024
     """Longest sequence (context window) the model accepts, in tokens."""
     dropout: float = 0.0
-    """Dropout probability on attention weights and residual branches during training (0 = off)."""
-    arch: str = "gpt2"
+    """Dropout probability on the embeddings and on each residual branch's output during
+    training (0 = off)."""
+    attn_dropout: float = 0.0
+    """Dropout probability on the attention weights (0 = off, as in modern recipes). Only CUDA's
+    fused attention kernels apply it without keeping the (T x T) scores; elsewhere (CPU, MPS) a
+    value above 0 makes attention memory grow with the square of the context, which the memory
+    plan counts and the Trainer says at start."""
+    arch: Architecture = "gpt2"
     """Architecture family: "gpt2" (learned positions, LayerNorm, GELU MLP) or "llama" (RoPE,
     RMSNorm, SwiGLU MLP; grouped-query attention through n_kv_heads)."""
     n_kv_heads: int | None = None
@@ -75,8 +81,22 @@ class ModelConfig:
     memory, about a third more compute. Only active in training mode with gradients enabled."""
 
     def __post_init__(self) -> None:
-        self._check_types()
-        self._check_values()
+        need = check_types(self)
+        need(">= 1", "vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len", "d_ff", "n_kv_heads")
+        need("in [0, 1)", "dropout", "attn_dropout")
+        need("> 0", "rope_theta", "norm_eps", "init_std")
+        heads = f"model.n_heads={self.n_heads}"
+        need.that(self.d_model % self.n_heads == 0, "d_model", f"divisible by {heads}")
+        need.that(self.n_heads % self.kv_heads == 0, "n_kv_heads", f"a divisor of {heads}")
+        if self.arch == "llama":
+            need.that(
+                self.head_dim % 2 == 0,
+                "d_model",
+                f"a multiple of 2 * model.n_heads = {2 * self.n_heads} for arch llama (rotary "
+                "embeddings need an even head width)",
+            )
+        allowed = " or ".join(map(repr, ACTIVATIONS[self.arch]))
+        need.that(self.act in ACTIVATIONS[self.arch], "activation", f"{allowed} for arch {self.arch}")
 
     # -- derived values -------------------------------------------------------------------------
 
@@ -118,107 +138,3 @@ class ModelConfig:
         out = dataclasses.asdict(self)
         out.update(d_ff=self.ff_dim, bias=self.use_bias, n_kv_heads=self.kv_heads, activation=self.act)
         return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        """Build a config from a mapping such as a YAML ``model:`` section.
-
-        Raises ConfigError for an unknown key (suggesting the nearest valid one) or a bad value.
-        """
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"model section must be a mapping of keys to values, got {type(data).__name__}")
-        valid = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in valid:
-                close = difflib.get_close_matches(str(key), valid, n=1)
-                hint = f"did you mean model.{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
-                raise ConfigError(f"unknown key model.{key} ({hint})")
-        return cls(**dict(data))
-
-    # -- validation -----------------------------------------------------------------------------
-
-    def _check_types(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            optional = f.default is None
-            if value is None and optional:
-                continue
-            kind = _FIELD_KINDS[f.name]
-            if kind is bool:
-                if not isinstance(value, bool):
-                    raise ConfigError(f"model.{f.name} must be true or false, got {value!r}")
-            elif kind is int:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ConfigError(f"model.{f.name} must be an integer, got {value!r}")
-            elif kind is float:
-                # YAML reads "1e-5" (no dot) as a string; accept anything float() understands.
-                if isinstance(value, bool):
-                    raise ConfigError(f"model.{f.name} must be a number, got {value!r}")
-                try:
-                    setattr(self, f.name, float(value))
-                except (TypeError, ValueError):
-                    raise ConfigError(f"model.{f.name} must be a number, got {value!r}") from None
-            elif kind is str and not isinstance(value, str):
-                raise ConfigError(f"model.{f.name} must be a string, got {value!r}")
-
-    def _check_values(self) -> None:
-        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if self.d_ff is not None and self.d_ff < 1:
-            raise ConfigError(f"model.d_ff must be at least 1 (or null for the default), got {self.d_ff}")
-        if self.arch not in ARCHITECTURES:
-            close = difflib.get_close_matches(self.arch, ARCHITECTURES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(
-                f"model.arch={self.arch!r} is unknown ({hint}choose one of: {', '.join(ARCHITECTURES)})"
-            )
-        if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
-                "pick n_heads that divides d_model"
-            )
-        if self.n_kv_heads is not None:
-            if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
-                raise ConfigError(
-                    f"model.n_kv_heads={self.n_kv_heads} must be at least 1 and divide "
-                    f"model.n_heads={self.n_heads}"
-                )
-        if self.arch == "llama" and self.head_dim % 2:
-            raise ConfigError(
-                f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings "
-                "(arch llama); change d_model or n_heads"
-            )
-        allowed = ACTIVATIONS[self.arch]
-        if self.act not in allowed:
-            raise ConfigError(
-                f"model.activation={self.act!r} does not fit arch {self.arch}; choose "
-                f"{' or '.join(repr(a) for a in allowed)}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("rope_theta", "norm_eps", "init_std"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"model.{name} must be a positive number, got {value}")
-
-
-_FIELD_KINDS: dict[str, type] = {
-    "vocab_size": int,
-    "d_model": int,
-    "n_heads": int,
-    "n_layers": int,
-    "d_ff": int,
-    "max_seq_len": int,
-    "dropout": float,
-    "arch": str,
-    "n_kv_heads": int,
-    "tie_embeddings": bool,
-    "bias": bool,
-    "activation": str,
-    "qk_norm": bool,
-    "rope_theta": float,
-    "norm_eps": float,
-    "init_std": float,
-    "gradient_checkpointing": bool,
-}

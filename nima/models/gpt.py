@@ -155,9 +155,10 @@ class GPT(nn.Module):
             input_ids: (B, T) token ids, T <= max_seq_len.
             labels: (B, T) target ids, already shifted (labels[:, t] is the token after
                 input_ids[:, t]); positions labelled -100 are ignored.
-            return_logits: False (with labels) computes the loss chunk by chunk without ever
+            return_logits: False (with labels): ``logits`` is None, and when there are more than
+                ``LOSS_CHUNK_ROWS`` positions the loss is computed chunk by chunk without ever
                 holding the full (B, T, vocab_size) logits, recomputing each chunk in the backward
-                pass; ``logits`` is then None. Saves memory for large vocabularies.
+                pass (what training uses: it saves gigabytes at long contexts and large vocabularies).
         """
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(
@@ -165,7 +166,7 @@ class GPT(nn.Module):
                 "labels are the already-shifted next tokens, one per input position"
             )
         h = self.hidden_states(input_ids)
-        if labels is not None and not return_logits:
+        if labels is not None and not return_logits and labels.numel() > LOSS_CHUNK_ROWS:
             return ModelOutput(logits=None, loss=chunked_cross_entropy(h, self.lm_head.weight, labels))
         logits = self.lm_head(h)
         loss = None
@@ -173,7 +174,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(
                 logits.view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX
             )
-        return ModelOutput(logits=logits, loss=loss)
+        return ModelOutput(logits=logits if return_logits else None, loss=loss)
 
     def last_token_logits(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Logits (B, vocab_size) of the last position only (the output head runs on one position)."""

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import InitVar, dataclass
 from typing import Any
 
+from nima.config_fields import ConfigSection, check_types
 from nima.distributed import STRATEGIES
-from nima.errors import ConfigError
-from nima.training.validation import build_section, coerce, field_types
 
 SCHEDULERS = ("cosine", "linear", "constant", "cosine_restarts")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adamw_scale")
@@ -17,15 +15,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Both spellings appear in the guide; the first is accepted, the second is canonical.
 ALIASES = {"save_steps": "save_every", "eval_steps": "eval_every"}
+# Settings that used to be here too; each has one home now.
+MOVED = {"gradient_checkpointing": "model.gradient_checkpointing", "num_workers": "data.num_workers"}
 
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=MOVED):
     """How to train: length, optimizer, schedule, precision, evaluation, checkpoints, logging.
 
     ``batch_size`` sizes the loaders that ``scripts/train.py`` builds; a :class:`Trainer` given a
     ready-made loader uses that loader's batches (and warns when the two disagree).
     ``save_steps``/``eval_steps`` are accepted as spellings of ``save_every``/``eval_every``.
+    Gradient checkpointing is ``model.gradient_checkpointing`` and loader workers are
+    ``data.num_workers``.
     """
 
     # --- length ---
@@ -73,15 +75,11 @@ class TrainingConfig:
     """torch.compile the model: fused kernels, for a compilation of tens of seconds at start. Pays
     on GPUs and on long CPU runs (1.06-1.08x per step at the tiny Shakespeare shape on 2 cores);
     on a CPU it needs a C++ compiler (g++, or $CXX)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward to save memory (when the model supports it)."""
     distributed_strategy: str = "ddp"
     """Under torchrun: ddp (each process holds the whole model) or fsdp (FSDP2: parameters,
     gradients and optimizer state split across processes, for models too big for one device)."""
-    num_workers: int = 0
-    """DataLoader worker processes for loaders built from this config."""
     seed: int = 1337
-    """Seed for model-side randomness (dropout) and data order."""
+    """Seed for model-side randomness (dropout) and of the data order (window offsets, shuffling)."""
 
     # --- evaluation, logging, checkpoints ---
     eval_every: int = 500
@@ -118,64 +116,26 @@ class TrainingConfig:
             self.save_every = save_steps
         if eval_steps is not None:
             self.eval_every = eval_steps
-        hints = field_types(type(self))
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], f"training.{f.name}"))
-        self._check_values()
-
-    def _check_values(self) -> None:
-        def need(ok: bool, key: str, rule: str) -> None:
-            if not ok:
-                raise ConfigError(f"training.{key} must be {rule}, got {getattr(self, key)!r}")
-
-        need(self.num_epochs >= 1, "num_epochs", ">= 1")
-        need(self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 (or null)")
-        need(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate", "> 0")
-        need(self.batch_size >= 1, "batch_size", ">= 1")
-        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", ">= 1")
-        need(self.warmup_steps >= 0, "warmup_steps", ">= 0")
-        need(self.weight_decay >= 0, "weight_decay", ">= 0")
-        need(self.gradient_clip is None or self.gradient_clip >= 0, "gradient_clip", ">= 0 (or null)")
-        need(self.min_lr >= 0, "min_lr", ">= 0")
-        need(self.min_lr <= self.learning_rate, "min_lr", f"<= learning_rate ({self.learning_rate})")
-        need(self.lr_num_cycles >= 1, "lr_num_cycles", ">= 1")
-        need(all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)")
-        need(self.eps > 0, "eps", "> 0")
-        need(0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        need(self.num_workers >= 0, "num_workers", ">= 0")
-        need(self.eval_every >= 0, "eval_every", ">= 0")
-        need(self.eval_batches >= 1, "eval_batches", ">= 1")
-        need(self.log_every >= 1, "log_every", ">= 1")
-        need(self.save_every >= 0, "save_every", ">= 0")
-        need(
-            self.keep_last_checkpoints is None or self.keep_last_checkpoints >= 1,
-            "keep_last_checkpoints",
-            ">= 1 (or null to keep all)",
-        )
-        need(
-            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
-            "early_stopping_patience",
-            ">= 1 (or null)",
-        )
-        need(self.early_stopping_min_delta >= 0, "early_stopping_min_delta", ">= 0")
-        need(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "> 0 (or null)")
-        need(bool(self.output_dir), "output_dir", "a folder name")
-        for key, choices in (
-            ("lr_scheduler_type", SCHEDULERS),
-            ("optimizer_type", OPTIMIZERS),
-            ("precision", PRECISIONS),
-            ("distributed_strategy", STRATEGIES),
-        ):
-            if getattr(self, key) not in choices:
-                from nima.training.validation import suggest
-
-                raise ConfigError(
-                    f"training.{key} must be one of {', '.join(choices)}, got "
-                    f"{getattr(self, key)!r}{suggest(str(getattr(self, key)), choices)}"
-                )
+        need = check_types(self)
+        need(">= 1", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "lr_num_cycles")
+        need(">= 1", "eval_batches", "log_every", "keep_last_checkpoints", "early_stopping_patience")
+        need(">= 0", "warmup_steps", "weight_decay", "gradient_clip", "min_lr", "eval_every", "save_every")
+        need(">= 0", "early_stopping_min_delta")
+        need("> 0", "learning_rate", "eps", "peak_flops")
+        need("in [0, 1)", "momentum")
+        need.that(self.min_lr <= self.learning_rate, "min_lr", f"<= learning_rate ({self.learning_rate})")
+        need.that(all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)")
+        need.that(bool(self.output_dir), "output_dir", "a folder name")
+        need.one_of("lr_scheduler_type", SCHEDULERS)
+        need.one_of("optimizer_type", OPTIMIZERS)
+        need.one_of("precision", PRECISIONS)
+        need.one_of("distributed_strategy", STRATEGIES)
         device = self.device
-        if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
-            raise ConfigError(f"training.device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        need.that(
+            device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
+            "device",
+            "auto, cpu, cuda, cuda:N or mps",
+        )
 
     @property
     def effective_batch_size(self) -> int:
@@ -187,11 +147,6 @@ class TrainingConfig:
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
         return out
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
-        """Build from a dict, with unknown-key suggestions and type checks."""
-        return build_section(cls, values, "training", aliases=ALIASES)
 
 
 def _alias_property(canonical: str) -> property:
@@ -208,4 +163,4 @@ def _alias_property(canonical: str) -> property:
 for _alias, _canonical in ALIASES.items():
     setattr(TrainingConfig, _alias, _alias_property(_canonical))
 
-__all__ = ["TrainingConfig", "SCHEDULERS", "OPTIMIZERS", "PRECISIONS", "ALIASES"]
+__all__ = ["TrainingConfig", "SCHEDULERS", "OPTIMIZERS", "PRECISIONS", "ALIASES", "MOVED"]

@@ -134,7 +134,7 @@ def get_optimizer(
     ``adamw_scale`` (:class:`AdamWScale`). Extra keyword arguments go to the optimizer class.
     """
     if optimizer_type not in OPTIMIZER_TYPES:
-        from nima.training.validation import suggest
+        from nima.config_fields import suggest
 
         raise ConfigError(
             f"optimizer_type must be one of {', '.join(OPTIMIZER_TYPES)}, "

@@ -65,7 +65,7 @@ def get_scheduler(
     ``min_lr`` is absolute (the same floor for every parameter group).
     """
     if scheduler_type not in SCHEDULER_TYPES:
-        from nima.training.validation import suggest
+        from nima.config_fields import suggest
 
         raise ConfigError(
             f"scheduler_type must be one of {', '.join(SCHEDULER_TYPES)}, "

@@ -6,13 +6,14 @@ is computed only when clipping or a logging step needs it.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
 from nima.distributed import no_sync
-from nima.runtime import Runtime
+from nima.runtime import Runtime, unwrap_model
 from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
 
 
@@ -38,6 +39,9 @@ class TrainStep:
         needs_scaler = runtime.precision.needs_grad_scaler
         self.scaler = torch.amp.GradScaler(runtime.device.type) if needs_scaler else None
         self._non_blocking = runtime.device.type == "cuda"
+        # Training never needs the logits: the model may then compute the loss in chunks, never
+        # holding (B, T, vocab) logits at long contexts (see GPT.forward).
+        self._loss_only = {"return_logits": False} if _accepts_return_logits(model) else {}
 
     def __call__(
         self, batches: list[Any], want_grad_norm: bool = False
@@ -62,7 +66,7 @@ class TrainStep:
             labels = labels.to(device, non_blocking=non_blocking)
             with no_sync(self.model, skip=i < last):
                 with self.runtime.autocast():
-                    loss = loss_of(self.model(input_ids, labels=labels))
+                    loss = loss_of(self.model(input_ids, labels=labels, **self._loss_only))
                 if weights is not None:
                     loss = loss * weights[i]
                 if self.scaler is not None:
@@ -104,3 +108,10 @@ class TrainStep:
     @property
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+
+def _accepts_return_logits(model: nn.Module) -> bool:
+    try:
+        return "return_logits" in inspect.signature(unwrap_model(model).forward).parameters
+    except (TypeError, ValueError):
+        return False

@@ -16,7 +16,6 @@ the step count says, close the epoch when it ends, stop when asked.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,6 @@ class Trainer:
         self.train_dataloader, self.eval_dataloader = train_dataloader, eval_dataloader
         self.tokenizer = tokenizer
         self.raw_model = unwrap_model(model)
-        self._set_gradient_checkpointing(config.gradient_checkpointing)
         self.batch_size, self.seq_len = setup.batch_shape(train_dataloader, self.raw_model)
         benchmark = setup.bf16_benchmark(self.raw_model, self.batch_size, self.seq_len)
         self.runtime = Runtime.for_training(
@@ -379,16 +377,6 @@ class Trainer:
         return self._stop.signum
 
     # ------------------------------------------------------------------ set-up helpers
-
-    def _set_gradient_checkpointing(self, enabled: bool) -> None:
-        model_config = getattr(self.raw_model, "config", None)
-        if enabled and not hasattr(model_config, "gradient_checkpointing"):
-            warnings.warn(
-                "training.gradient_checkpointing is on but this model does not support it; ignored",
-                stacklevel=3,
-            )
-        elif enabled:
-            model_config.gradient_checkpointing = True
 
     def _early_stopping(self) -> EarlyStopping | None:
         found = next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)

@@ -1,0 +1,228 @@
+"""Memory: what one training step needs, what the device has, and how to measure a step's peak.
+
+:func:`estimate_training_memory` adds up the weights, gradients, optimizer state and the
+activations a forward/backward keeps (with or without gradient checkpointing) for a GPT of a
+given :class:`~nima.models.ModelConfig`, micro-batch and precision. The activation figures per
+token are calibrated against measured peaks (``benchmarks/memory.py``). :func:`available_memory`
+is the free GPU memory, or on a CPU the machine's available RAM (and the cgroup's limit, where a
+container has one). A CPU that runs out of memory does not raise: the kernel kills the process,
+silently. So Nima plans before the first step and refuses, with the figures and the fixes, a run
+that would not fit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+GiB = 1024**3
+HEADROOM = 0.90
+"""Share of the available memory a plan may use (the rest: allocator slack, the data loader,
+Python objects, other processes starting meanwhile)."""
+
+OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "adamw_scale": 2, "sgd": 1}
+"""fp32 tensors of the parameters' size each optimizer keeps (AdamW: two moments)."""
+
+# Activation bytes kept for backward per token and layer, as c_d * d_model + c_f * d_ff, measured
+# on gpt2-family blocks (benchmarks/memory.py): fp32 keeps every saved tensor in 4 bytes; bf16
+# autocast keeps matmul inputs and outputs in 2 bytes and norms and the residual stream in 4.
+ACTIVATION_BYTES = {"fp32": (36.0, 8.0), "bf16": (26.0, 4.0), "fp16": (26.0, 4.0)}
+# What a checkpointed block keeps: its input (the residual stream), in fp32; and, while the
+# backward pass recomputes one block at a time, about this many blocks' full activations.
+CHECKPOINTED_BYTES_PER_D = 4.0
+RECOMPUTE_BLOCKS = 2.75
+# The autograd engine, kernels' scratch space and the allocator's slack: a fixed amount.
+WORKSPACE = 96 * 1024**2
+# Attention that keeps (T x T) scores per head (SDPA's math path, e.g. attention dropout on a
+# CPU): scores, dropout mask and probabilities.
+QUADRATIC_BYTES_PER_SCORE = 13.0
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The bytes one training step needs, by kind, and what the device has (None: unknown)."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    workspace: int
+    available: int | None
+    device: str
+    batch_size: int
+    seq_len: int
+    precision: str
+    gradient_checkpointing: bool
+
+    @property
+    def total(self) -> int:
+        return (
+            self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.workspace
+        )
+
+    @property
+    def usable(self) -> int | None:
+        return None if self.available is None else int(self.available * HEADROOM)
+
+    @property
+    def fits(self) -> bool:
+        return self.usable is None or self.total <= self.usable
+
+    def describe(self) -> str:
+        """One line: the parts, the total, and what is available."""
+        where = "GPU" if self.device.startswith("cuda") else "RAM"
+        have = f"{_gib(self.available)} available ({where})" if self.available is not None else "?"
+        gc = ", gradient checkpointing" if self.gradient_checkpointing else ""
+        activations = self.activations + self.logits + self.workspace
+        return (
+            f"memory plan: weights {_gib(self.weights)} + gradients {_gib(self.gradients)} + optimizer "
+            f"{_gib(self.optimizer)} + activations {_gib(activations)} (batch {self.batch_size} x "
+            f"{self.seq_len}, {self.precision}{gc}) = {_gib(self.total)} of {have}"
+        )
+
+
+def _gib(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / GiB:.1f} GiB" if n >= 0.1 * GiB else f"{n / 1024**2:.0f} MiB"
+
+
+def _param_count(config: Any) -> int:
+    from nima.models import GPT
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = GPT(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate_training_memory(
+    config: Any,
+    batch_size: int,
+    seq_len: int | None = None,
+    precision: str = "fp32",
+    gradient_checkpointing: bool | None = None,
+    optimizer: str = "adamw",
+    quadratic_attention: bool = False,
+    loss_chunk_rows: int | None = None,
+    device: str = "cpu",
+    available: int | None = None,
+) -> MemoryPlan:
+    """The memory one training step of a GPT with ``config`` needs at ``batch_size`` sequences
+    of ``seq_len`` tokens (default: the model's context).
+
+    ``quadratic_attention``: attention keeps (T x T) scores (no fused kernel for the setting).
+    ``loss_chunk_rows``: the loss is computed in chunks of this many positions (the full
+    ``(B, T, vocab)`` logits are never held); None: whole.
+    """
+    seq_len = seq_len or config.max_seq_len
+    gc = config.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    params = _param_count(config)
+    tokens = batch_size * seq_len
+    d, f, layers = config.d_model, config.ff_dim, config.n_layers
+    c_d, c_f = ACTIVATION_BYTES[precision]
+    per_layer = tokens * (c_d * d + c_f * f)
+    if config.dropout > 0:
+        per_layer += tokens * 2 * d  # two dropout masks (1 byte each) per block
+    if quadratic_attention:
+        per_layer += batch_size * config.n_heads * seq_len * seq_len * QUADRATIC_BYTES_PER_SCORE
+    if gc:  # block inputs only, plus the block being recomputed and its gradients
+        activations = layers * tokens * d * CHECKPOINTED_BYTES_PER_D + RECOMPUTE_BLOCKS * per_layer
+    else:  # every block's saved tensors, plus the backward's transient gradients (about a block)
+        activations = (layers + 1) * per_layer
+    rows = tokens if loss_chunk_rows is None else min(tokens, loss_chunk_rows)
+    logits = rows * config.vocab_size * 4 * 3  # logits, their log-softmax and its gradient, fp32
+    autocast_copies = params * 2 if precision in ("bf16", "fp16") else 0  # low-precision weight casts
+    return MemoryPlan(
+        weights=params * 4 + autocast_copies,
+        gradients=params * 4,
+        optimizer=params * 4 * OPTIMIZER_STATES.get(optimizer, 2),
+        activations=int(activations),
+        logits=int(logits),
+        workspace=WORKSPACE,
+        available=available,
+        device=str(device),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        precision=precision,
+        gradient_checkpointing=bool(gc),
+    )
+
+
+# ---------------------------------------------------------------------------- what the device has
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes free for this process: free GPU memory on CUDA; on a CPU the machine's available
+    RAM, or less where a cgroup (a container) limits the process; None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    found = [value for value in (_meminfo_available(), _cgroup_room()) if value is not None]
+    return min(found) if found else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _cgroup_room() -> int | None:
+    """The cgroup's memory limit less its usage (v2, then v1); None without a real limit."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            return max(0, int(limit) - usage)
+    return None
+
+
+# ---------------------------------------------------------------------------- measuring a step
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int | None:
+    """Run ``fn()`` and return by how many bytes this process's memory peaked above where it
+    started: CUDA's allocator statistics on a GPU; on Linux CPUs the resident set's high-water
+    mark, reset first through ``/proc/self/clear_refs``. None where neither can be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    start = _status_bytes("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    except OSError:
+        return None
+    fn()
+    peak = _status_bytes("VmHWM")
+    return None if start is None or peak is None else max(0, peak - start)
