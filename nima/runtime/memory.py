@@ -159,15 +159,38 @@ def estimate_training_memory(
 
 def available_memory(device: torch.device | str) -> int | None:
     """Bytes free for this process: free GPU memory on CUDA; on a CPU the machine's available
-    RAM, or less where a cgroup (a container) limits the process; None where unknown."""
+    RAM, or less where a cgroup (a container) limits the process; None where unknown.
+
+    ``$NIMA_MEMORY_LIMIT`` (bytes, or with a unit: ``6GiB``, ``512MiB``) caps it: to leave room
+    for other work on a shared machine.
+    """
     device = torch.device(device)
+    found = [_env_limit()]
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type != "cpu":
-        return None
-    found = [value for value in (_meminfo_available(), _cgroup_room()) if value is not None]
+        found.append(int(torch.cuda.mem_get_info(device)[0]))
+    elif device.type == "cpu":
+        found += [_meminfo_available(), _cgroup_room()]
+    found = [value for value in found if value is not None]
     return min(found) if found else None
+
+
+MEMORY_LIMIT_ENV = "NIMA_MEMORY_LIMIT"
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": GiB, "gb": 1000**3, "gib": GiB}  # fmt: skip
+
+
+def _env_limit() -> int | None:
+    import os
+
+    from nima.errors import ConfigError
+
+    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"([\d.]+)\s*([a-zA-Z]*)", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ConfigError(f"{MEMORY_LIMIT_ENV}={text!r} must be a size such as 6GiB, 512MiB or 2000000000")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def _meminfo_available() -> int | None:

@@ -8,6 +8,7 @@
 
 from nima.checkpoint import load_checkpoint_file, load_model_from_checkpoint
 from nima.runtime.precision import PrecisionChoice, choose_precision
+from nima.training.batch_fit import find_max_batch_size
 from nima.training.callbacks import (
     Callback,
     EarlyStopping,
@@ -31,6 +32,7 @@ __all__ = [
     "Trainer",
     "TrainingConfig",
     "choose_precision",
+    "find_max_batch_size",
     "get_optimizer",
     "get_scheduler",
     "load_checkpoint_file",

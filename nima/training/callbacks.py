@@ -186,8 +186,13 @@ class ProgressPrinter(Callback):
     ``metrics_to_track`` picks (and orders) what is shown; ``perplexity`` is derived from
     ``loss`` when not given. ``print_frequency``: show every N steps (and the last one).
     ``epoch_lines``: print a summary line at each epoch's end. As a Trainer callback it moves
-    the bar every step, prints at logging steps and epoch ends, and closes at the end.
+    the bar every step, prints at logging steps and epoch ends, and closes at the end. When steps
+    are slow, plain lines do not wait for ``print_frequency``: a line with seconds per step and
+    the ETA comes ``first_line_s`` after the start, then whenever ``heartbeat_s`` pass without one.
     """
+
+    first_line_s: float = 5.0
+    heartbeat_s: float = 30.0
 
     def __init__(
         self,
@@ -209,6 +214,7 @@ class ProgressPrinter(Callback):
         self._start = time.perf_counter()
         self._start_step = initial_step
         self._last_step = initial_step
+        self._last_line: float | None = None
         self.epoch_lines = epoch_lines
 
     def _selected(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,13 +261,32 @@ class ProgressPrinter(Callback):
             self._bar.set_postfix_str(" | ".join(_format_value(k, v) for k, v in shown.items()), refresh=True)
             return
         self._last_step = step
-        parts = [f"step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
-        parts += [_format_value(k, v) for k, v in shown.items()]
-        elapsed = time.perf_counter() - self._start
+        self._print_line(step, [_format_value(k, v) for k, v in shown.items()])
+
+    def _print_line(self, step: int, parts: list[str]) -> None:
+        """``step N/T | parts | [s/step] | eta``: seconds per step shown when steps are slow."""
+        now = time.perf_counter()
         done = step - self._start_step
-        if self.total_steps and done > 0:
-            parts.append(f"eta {_format_duration(elapsed / done * (self.total_steps - step))}")
-        print(" | ".join(parts), file=self.stream, flush=True)
+        seconds_per_step = (now - self._start) / done if done > 0 else None
+        head = [f"step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
+        if seconds_per_step is not None and seconds_per_step >= 1.0:
+            parts = [*parts, f"{seconds_per_step:.1f} s/step"]
+        if self.total_steps and seconds_per_step is not None:
+            parts = [*parts, f"eta {_format_duration(seconds_per_step * (self.total_steps - step))}"]
+        self._last_line = now
+        print(" | ".join(head + parts), file=self.stream, flush=True)
+
+    def heartbeat(self, step: int) -> None:
+        """A line with seconds per step and the ETA when none was printed for too long (plain
+        lines only; a live bar shows both itself)."""
+        if self.use_bar:
+            return
+        last = self.total_steps is not None and step >= self.total_steps
+        if step % self.print_frequency == 0 or last:
+            return  # the metrics line of this step follows
+        since = time.perf_counter() - (self._last_line or self._start)
+        if since >= (self.heartbeat_s if self._last_line else self.first_line_s):
+            self._print_line(step, [])
 
     def write(self, message: str) -> None:
         """Print a line without breaking the live bar."""
@@ -283,6 +308,8 @@ class ProgressPrinter(Callback):
     def on_step(self, trainer: Any) -> None:
         if self.use_bar:
             self.advance(trainer.step)
+        else:
+            self.heartbeat(trainer.step)
 
     def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         self.print_step(trainer.step, metrics)

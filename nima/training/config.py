@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import InitVar, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from nima.config_fields import ConfigSection, check_types
 from nima.distributed import STRATEGIES
@@ -13,6 +13,9 @@ SCHEDULERS = ("cosine", "linear", "constant", "cosine_restarts")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adamw_scale")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
+# batch_size: auto keeps this many sequences per micro-batch's worth of accumulation (the guide's
+# batch size), whatever micro-batch fits.
+AUTO_BATCH_TARGET = 32
 # Both spellings appear in the guide; the first is accepted, the second is canonical.
 ALIASES = {"save_steps": "save_every", "eval_steps": "eval_every"}
 # Settings that used to be here too; each has one home now.
@@ -39,8 +42,10 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
     # --- optimization ---
     learning_rate: float = 3e-4
     """Peak learning rate, reached at the end of warmup."""
-    batch_size: int = 32
-    """Sequences per micro-batch (per process) for loaders built from this config."""
+    batch_size: int | Literal["auto"] = 32
+    """Sequences per micro-batch (per process) for loaders built from this config. ``auto``
+    (``nima train``): the largest micro-batch that fits in memory, measured with real steps, with
+    gradient accumulation raised to keep 32 x gradient_accumulation_steps sequences per step."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step: effective batch = batch_size x this x processes."""
     warmup_steps: int = 0
@@ -117,7 +122,9 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
         if eval_steps is not None:
             self.eval_every = eval_steps
         need = check_types(self)
-        need(">= 1", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "lr_num_cycles")
+        need(">= 1", "num_epochs", "max_steps", "gradient_accumulation_steps", "lr_num_cycles")
+        if self.batch_size != "auto":
+            need(">= 1", "batch_size")
         need(">= 1", "eval_batches", "log_every", "keep_last_checkpoints", "early_stopping_patience")
         need(">= 0", "warmup_steps", "weight_decay", "gradient_clip", "min_lr", "eval_every", "save_every")
         need(">= 0", "early_stopping_min_delta")
@@ -139,8 +146,9 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
 
     @property
     def effective_batch_size(self) -> int:
-        """Sequences per optimizer step in one process."""
-        return self.batch_size * self.gradient_accumulation_steps
+        """Sequences per optimizer step in one process (``batch_size: auto`` counts as 32)."""
+        micro = AUTO_BATCH_TARGET if self.batch_size == "auto" else self.batch_size
+        return micro * self.gradient_accumulation_steps
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the canonical fields (YAML/JSON/checkpoint friendly)."""

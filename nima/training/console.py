@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from nima.runtime import Runtime
+from nima.runtime.memory import MemoryPlan
 from nima.training.callbacks import ProgressPrinter
 from nima.training.config import TrainingConfig
 
@@ -28,13 +30,30 @@ def make_progress(
 
 
 def start_lines(
-    n_params: int, runtime: Runtime, step: int, epoch: int, batch_in_epoch: int, compiling: bool
+    n_params: int,
+    runtime: Runtime,
+    step: int,
+    epoch: int,
+    batch_in_epoch: int,
+    compiling: bool,
+    memory_plan: MemoryPlan | None = None,
+    model_config: Any = None,
 ) -> list[str]:
-    """What the run says when it starts: size, device, precision (and why), resume point."""
+    """What the run says when it starts: size, device, precision (and why), the memory plan,
+    resume point."""
     where = f"{runtime.device}" + (
         f" x {runtime.dist.world_size} processes" if runtime.dist.enabled else ""
     )
     lines = [f"training {n_params / 1e6:.2f}M parameters on {where}; {runtime.precision.describe()}"]
+    if memory_plan is not None:
+        lines.append(memory_plan.describe())
+    attn_dropout = getattr(model_config, "attn_dropout", 0.0)
+    if attn_dropout and runtime.device.type != "cuda":
+        lines.append(
+            f"note: model.attn_dropout={attn_dropout} on {runtime.device.type}: no fused attention kernel "
+            "applies dropout here, so attention keeps (T x T) scores per head (memory grows with the "
+            "square of the context); model.attn_dropout: 0 keeps it linear"
+        )
     if step:
         lines.append(f"resuming at step {step} (epoch {epoch}, batch {batch_in_epoch})")
     if compiling:

@@ -24,8 +24,12 @@ from typing import Any
 import torch
 
 from nima.config import RunConfig
+from nima.distributed import init_distributed
 from nima.errors import ConfigError, DataError
 from nima.files import atomic_write_text
+from nima.runtime import Runtime, device_kind
+from nima.training import setup
+from nima.training.batch_fit import fit_batch
 from nima.training.results import TrainResults
 from nima.training.trainer import Trainer
 
@@ -75,11 +79,10 @@ def build_run(
     ``allow_fallback``: train on standard-library sources if tiny Shakespeare cannot be had.
     ``say`` prints the data and vocabulary notes (rank 0 only; default ``print``).
     """
-    from nima.distributed import init_distributed
     from nima.models import create_model
-    from nima.runtime import device_kind
 
-    ctx = init_distributed(device_kind(config.training.device))
+    training = config.training
+    ctx = init_distributed(device_kind(training.device))
     say = (say or print) if ctx.is_main else (lambda *a, **k: None)
     prepared = prepare_data_once_per_node(config, ctx, allow_fallback=allow_fallback, say=say)
     say(
@@ -90,17 +93,50 @@ def build_run(
         config = model_config_from(config, checkpoint or init_from, prepared.tokenizer, say=say)
     else:
         config = fit_vocab_size(config, prepared.tokenizer, say=say)
-    train_loader, val_loader = build_loaders(config, prepared, ctx.rank, ctx.world_size)
-    torch.manual_seed(config.training.seed)
+    torch.manual_seed(training.seed)
     model = create_model(config.model)
+    auto = training.batch_size == "auto"
+    benchmark = setup.bf16_benchmark(model, None if auto else training.batch_size, config.model.max_seq_len)
+    runtime = Runtime.for_training(
+        training.device, training.precision, training.use_mixed_precision, bf16_benchmark=benchmark
+    )
+    if auto:
+        config = fit_auto_batch(config, model, runtime, say)
+    train_loader, val_loader = build_loaders(config, prepared, ctx.rank, ctx.world_size)
     trainer = Trainer(
-        model, config.training, train_loader, val_loader, tokenizer=prepared.tokenizer, callbacks=callbacks
+        model,
+        config.training,
+        train_loader,
+        val_loader,
+        tokenizer=prepared.tokenizer,
+        callbacks=callbacks,
+        runtime=runtime,
     )
     if checkpoint:
         trainer.load_checkpoint(checkpoint)
     elif init_from:
         trainer.load_checkpoint(init_from, weights_only_model=True)
     return TrainingRun(config, prepared, trainer)
+
+
+def fit_auto_batch(config: RunConfig, model: Any, runtime: Runtime, say: Say) -> RunConfig:
+    """``batch_size: auto``: the largest micro-batch that fits (the smallest any process found),
+    with the accumulation that keeps the effective batch."""
+    training, optimizer = config.training, config.training.optimizer_type
+    target = training.effective_batch_size
+    fit = fit_batch(model, target, config.model.max_seq_len, runtime.device, runtime.precision, optimizer)
+    planned = setup.largest_planned_batch(config.model, fit.micro_batch, target, runtime, optimizer)
+    if planned < fit.micro_batch:  # the plan is the more careful of the two: follow it
+        fit = dataclasses.replace(fit, micro_batch=planned, accumulation=target // planned)
+    if runtime.dist.enabled:  # every process must take the same micro-batch
+        micro = torch.tensor([fit.micro_batch], device=runtime.device)
+        torch.distributed.all_reduce(micro, op=torch.distributed.ReduceOp.MIN)
+        fit = dataclasses.replace(fit, micro_batch=int(micro), accumulation=target // int(micro))
+    say(fit.describe())
+    chosen = dataclasses.replace(
+        training, batch_size=fit.micro_batch, gradient_accumulation_steps=fit.accumulation
+    )
+    return config.replace(training=chosen)
 
 
 def run_training(config: RunConfig, **options: Any) -> TrainingRun:

@@ -6,6 +6,7 @@ about the run) and the warnings for loaders that do not fit the config.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -17,7 +18,9 @@ from torch import nn
 
 from nima.distributed import DistributedContext
 from nima.errors import ConfigError
-from nima.runtime import bf16_faster_on_cpu
+from nima.models import LOSS_CHUNK_ROWS, ModelConfig
+from nima.runtime import Runtime, bf16_faster_on_cpu
+from nima.runtime.memory import MemoryPlan, available_memory, estimate_training_memory
 from nima.training.config import TrainingConfig
 
 
@@ -47,6 +50,11 @@ def warn_about_loader(
     loader: Iterable, config: TrainingConfig, batch_size: int | None, dist: DistributedContext
 ) -> None:
     """Warn when the loader's batches disagree with the config or are not sharded by rank."""
+    if config.batch_size == "auto":
+        raise ConfigError(
+            "training.batch_size: auto sizes the loaders that nima train builds; for a loader of your "
+            "own, find the size with find_max_batch_size(model) and build the loader with it"
+        )
     if batch_size is not None and batch_size != config.batch_size:
         warnings.warn(
             f"TrainingConfig.batch_size={config.batch_size} but the train loader yields batches of "
@@ -102,3 +110,93 @@ def tokenizer_identity(tokenizer: Any, dataset: Any) -> dict[str, Any] | None:
     if identity is not None and prepared is not None and (Path(prepared) / "tokenizer.json").is_file():
         identity["path"] = str((Path(prepared) / "tokenizer.json").resolve())
     return identity
+
+
+def plan_memory(
+    model: nn.Module, config: TrainingConfig, batch_size: int | None, seq_len: int | None, runtime: Runtime
+) -> MemoryPlan | None:
+    """The memory plan of one step (None for models Nima cannot estimate); ConfigError, with the
+    figures and the fixes, when it does not fit in what the device has."""
+    model_config = getattr(model, "config", None)
+    if not isinstance(model_config, ModelConfig) or not batch_size or not seq_len:
+        return None
+    plan = estimate_for(model_config, batch_size, seq_len, runtime, config.optimizer_type)
+    if not plan.fits:
+        raise ConfigError(memory_refusal(plan, model_config, config, runtime))
+    return plan
+
+
+def estimate_for(
+    model_config: ModelConfig, batch_size: int, seq_len: int, runtime: Runtime, optimizer_type: str
+) -> MemoryPlan:
+    """:func:`estimate_training_memory` for this device, precision and model settings."""
+    return estimate_training_memory(
+        model_config,
+        batch_size,
+        seq_len,
+        precision=runtime.precision.name,
+        optimizer=optimizer_type,
+        quadratic_attention=quadratic_attention(model_config, runtime),
+        loss_chunk_rows=LOSS_CHUNK_ROWS,
+        device=str(runtime.device),
+        available=available_memory(runtime.device),
+    )
+
+
+def quadratic_attention(model_config: ModelConfig, runtime: Runtime) -> bool:
+    """Whether attention keeps (T x T) scores: attention dropout without a fused kernel for it."""
+    return model_config.attn_dropout > 0 and runtime.device.type != "cuda"
+
+
+def memory_refusal(
+    plan: MemoryPlan, model_config: ModelConfig, config: TrainingConfig, runtime: Runtime
+) -> str:
+    """One line: what the step needs, what there is, and settings that would fit."""
+    accum = config.gradient_accumulation_steps
+    fixes = []
+    for micro in (m for m in (16, 8, 4, 2, 1) if m < plan.batch_size and plan.batch_size % m == 0):
+        smaller = estimate_for(model_config, micro, plan.seq_len, runtime, config.optimizer_type)
+        if smaller.fits:
+            steps = accum * plan.batch_size // micro
+            fixes.append(
+                f"training.batch_size: {micro} with training.gradient_accumulation_steps: {steps} "
+                f"(the same sequences per step; {smaller.total / 2**30:.1f} GiB)"
+            )
+            break
+    if not plan.gradient_checkpointing:
+        checkpointed = estimate_for(
+            dataclasses.replace(model_config, gradient_checkpointing=True), plan.batch_size, plan.seq_len,
+            runtime, config.optimizer_type,
+        )  # fmt: skip
+        if checkpointed.fits:
+            fixes.append(f"model.gradient_checkpointing: true ({checkpointed.total / 2**30:.1f} GiB)")
+    if quadratic_attention(model_config, runtime):
+        fixes.append("model.attn_dropout: 0 (attention memory then grows linearly with the context)")
+    fixes += ["training.batch_size: auto (measures what fits)", "a shorter model.max_seq_len"]
+    return (
+        f"this run will not fit in memory: one training step needs about {plan.total / 2**30:.1f} GiB "
+        f"({plan.describe().removeprefix('memory plan: ')}), and {plan.usable / 2**30:.1f} GiB can be used; "
+        f"fixes: {'; or '.join(fixes)}"
+    )
+
+
+def out_of_memory(step: int, plan: MemoryPlan | None) -> str:
+    """The one-line message for a GPU that ran out of memory during training."""
+    figures = f" (the plan: {plan.describe().removeprefix('memory plan: ')})" if plan is not None else ""
+    return (
+        f"the GPU ran out of memory at step {step + 1}{figures}; use a smaller training.batch_size with "
+        "more training.gradient_accumulation_steps (or training.batch_size: auto), "
+        "model.gradient_checkpointing: true, or a shorter model.max_seq_len"
+    )
+
+
+def largest_planned_batch(
+    model_config: ModelConfig, upper: int, effective: int, runtime: Runtime, optimizer_type: str
+) -> int:
+    """The largest divisor of ``effective`` up to ``upper`` whose memory plan fits (at least 1)."""
+    for micro in range(upper, 0, -1):
+        if effective % micro == 0:
+            plan = estimate_for(model_config, micro, model_config.max_seq_len, runtime, optimizer_type)
+            if plan.fits:
+                return micro
+    return 1

@@ -58,6 +58,12 @@ class Trainer:
         tokenizer: optional tokenizer, recorded (identity and path) in checkpoints.
         callbacks: objects with ``on_*`` hooks (see :class:`nima.training.callbacks.Callback`).
         optimizer, scheduler: use these instead of building them from the config.
+        runtime: the :class:`~nima.runtime.Runtime` to train with (default: decided from the
+            config's device and precision).
+
+    Before anything runs, the memory a step needs is planned against what the device has
+    (:mod:`nima.runtime.memory`); a run that would not fit is refused with a ConfigError that
+    gives the figures and the fixes.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class Trainer:
         callbacks: Iterable[Any] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.config = config = config if config is not None else TrainingConfig()
         if not isinstance(config, TrainingConfig):
@@ -80,12 +87,17 @@ class Trainer:
         self.tokenizer = tokenizer
         self.raw_model = unwrap_model(model)
         self.batch_size, self.seq_len = setup.batch_shape(train_dataloader, self.raw_model)
-        benchmark = setup.bf16_benchmark(self.raw_model, self.batch_size, self.seq_len)
-        self.runtime = Runtime.for_training(
-            config.device, config.precision, config.use_mixed_precision, bf16_benchmark=benchmark
+        self.runtime = runtime or Runtime.for_training(
+            config.device,
+            config.precision,
+            config.use_mixed_precision,
+            bf16_benchmark=setup.bf16_benchmark(self.raw_model, self.batch_size, self.seq_len),
         )
         seed_everything(config.seed + self.runtime.dist.rank)
         setup.warn_about_loader(train_dataloader, config, self.batch_size, self.dist)
+        self.memory_plan = setup.plan_memory(
+            self.raw_model, config, self.batch_size, self.seq_len, self.runtime
+        )
         self.model = self.runtime.prepare_model(self.raw_model, config.distributed_strategy, config.compile)
         self.cursor = DataCursor(train_dataloader, config.gradient_accumulation_steps, self.dist.world_size)
         self.steps_per_epoch = setup.steps_per_epoch(
@@ -173,6 +185,8 @@ class Trainer:
         except KeyboardInterrupt:
             self._interrupted(start_step)
             raise
+        except torch.OutOfMemoryError:  # a GPU that ran out raises (a CPU's process is killed)
+            raise ConfigError(setup.out_of_memory(self.step, self.memory_plan)) from None
         finally:
             self._stop.uninstall()
             with self.meter.overhead():
@@ -251,8 +265,9 @@ class Trainer:
             self.progress = make_progress(self.config, self.total_steps, self.step, self.steps_per_epoch)
         n_params = sum(p.numel() for p in self.train_step.params)
         for line in start_lines(
-            n_params, self.runtime, self.step, self.epoch, self.batch_in_epoch, self.config.compile
-        ):
+            n_params, self.runtime, self.step, self.epoch, self.batch_in_epoch, self.config.compile,
+            self.memory_plan, getattr(self.raw_model, "config", None),
+        ):  # fmt: skip
             self._say(line)
         for leftover in self.checkpointer.remove_leftovers():
             self._say(f"removed {leftover.name}: a checkpoint that a killed run did not finish writing")
