@@ -36,8 +36,9 @@ ACTIVATION_BYTES = {"fp32": (36.0, 8.0), "bf16": (26.0, 4.0), "fp16": (26.0, 4.0
 # backward pass recomputes one block at a time, about this many blocks' full activations.
 CHECKPOINTED_BYTES_PER_D = 4.0
 RECOMPUTE_BLOCKS = 2.75
-# The autograd engine, kernels' scratch space and the allocator's slack: a fixed amount.
-WORKSPACE = 96 * 1024**2
+# The optimizer's and clipping's temporaries (about one fp32 copy of the parameters), plus the
+# autograd engine's and kernels' scratch space.
+WORKSPACE_FIXED = 16 * 1024**2
 # Attention that keeps (T x T) scores per head (SDPA's math path, e.g. attention dropout on a
 # CPU): scores, dropout mask and probabilities.
 QUADRATIC_BYTES_PER_SCORE = 13.0
@@ -144,7 +145,7 @@ def estimate_training_memory(
         optimizer=params * 4 * OPTIMIZER_STATES.get(optimizer, 2),
         activations=int(activations),
         logits=int(logits),
-        workspace=WORKSPACE,
+        workspace=params * 4 + WORKSPACE_FIXED,
         available=available,
         device=str(device),
         batch_size=batch_size,
@@ -241,6 +242,7 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> i
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - start
+    _release_free_heap()
     start = _status_bytes("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -249,3 +251,15 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> i
     fn()
     peak = _status_bytes("VmHWM")
     return None if start is None or peak is None else max(0, peak - start)
+
+
+def _release_free_heap() -> None:
+    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``), so that the
+    resident set counts only what is in use: memory an earlier step freed would otherwise still
+    be resident and hide what the next step needs."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

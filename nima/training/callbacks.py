@@ -263,14 +263,15 @@ class ProgressPrinter(Callback):
         self._last_step = step
         self._print_line(step, [_format_value(k, v) for k, v in shown.items()])
 
-    def _print_line(self, step: int, parts: list[str]) -> None:
-        """``step N/T | parts | [s/step] | eta``: seconds per step shown when steps are slow."""
+    def _print_line(self, step: int, parts: list[str], rate: bool = False) -> None:
+        """``step N/T | parts | [s/step] | eta``: seconds per step shown when steps are slow
+        (a second or more) or ``rate`` asks for it."""
         now = time.perf_counter()
         done = step - self._start_step
         seconds_per_step = (now - self._start) / done if done > 0 else None
         head = [f"step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
-        if seconds_per_step is not None and seconds_per_step >= 1.0:
-            parts = [*parts, f"{seconds_per_step:.1f} s/step"]
+        if seconds_per_step is not None and (rate or seconds_per_step >= 1.0):
+            parts = [*parts, f"{seconds_per_step:.2f} s/step"]
         if self.total_steps and seconds_per_step is not None:
             parts = [*parts, f"eta {_format_duration(seconds_per_step * (self.total_steps - step))}"]
         self._last_line = now
@@ -286,7 +287,7 @@ class ProgressPrinter(Callback):
             return  # the metrics line of this step follows
         since = time.perf_counter() - (self._last_line or self._start)
         if since >= (self.heartbeat_s if self._last_line else self.first_line_s):
-            self._print_line(step, [])
+            self._print_line(step, [], rate=True)
 
     def write(self, message: str) -> None:
         """Print a line without breaking the live bar."""

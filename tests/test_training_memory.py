@@ -1,0 +1,180 @@
+"""Memory at real sizes: linear attention, the plan against a measured step, batch_size: auto, the
+one-line refusal, and progress lines that do not wait for slow steps."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nima.config import RunConfig
+from nima.errors import ConfigError
+from nima.models import LOSS_CHUNK_ROWS, ModelConfig, create_model
+from nima.runtime.memory import available_memory, estimate_training_memory, measure_peak
+from nima.training import ProgressPrinter, Trainer, TrainingConfig, find_max_batch_size, get_optimizer
+from nima.training.recipe import build_run
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 2**20
+
+
+def _step_peak(config: ModelConfig, batch: int, context: int) -> int:
+    """Peak bytes of one forward+backward (gradients already allocated), measured."""
+    torch.manual_seed(0)
+    model = create_model(config).train()
+    ids = torch.randint(0, config.vocab_size, (batch, context))
+
+    def step() -> None:
+        model(ids, labels=ids, return_logits=False).loss.backward()
+
+    step()
+    peak = measure_peak(step)
+    assert peak is not None, "this test needs Linux's /proc/self/clear_refs"
+    return peak
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_attention_memory_grows_linearly_with_the_context(dropout: float) -> None:
+    config = ModelConfig(vocab_size=65, d_model=64, n_heads=4, n_layers=2, max_seq_len=2048, dropout=dropout)
+    short, long = _step_peak(config, 4, 512), _step_peak(config, 4, 1024)
+    # Twice the context: about twice the memory (the quadratic path would keep 4x the scores).
+    assert long / short < 2.5, (short / MiB, long / MiB)
+
+
+def test_attention_dropout_on_cpu_is_the_quadratic_path_the_plan_counts() -> None:
+    # The control for the test above: attention dropout has no fused CPU kernel, keeps (T x T)
+    # scores, and its memory grows much faster than the context; the plan knows it.
+    config = ModelConfig(vocab_size=65, d_model=64, n_heads=4, n_layers=2, max_seq_len=2048, attn_dropout=0.1)
+    short, long = _step_peak(config, 2, 512), _step_peak(config, 2, 1024)
+    assert long / short > 3.0, (short / MiB, long / MiB)
+    linear = estimate_training_memory(config, 2, 1024)
+    quadratic = estimate_training_memory(config, 2, 1024, quadratic_attention=True)
+    assert quadratic.activations > 3 * linear.activations
+
+
+def test_the_plan_is_within_a_quarter_of_a_measured_training_step() -> None:
+    config = ModelConfig(vocab_size=65, d_model=256, n_heads=4, n_layers=4, max_seq_len=512)
+    ids = torch.randint(0, 65, (4, 512))
+
+    def two_steps() -> None:
+        torch.manual_seed(0)
+        model = create_model(config).train()
+        optimizer = get_optimizer(model, "adamw", learning_rate=1e-4)
+        for _ in range(2):
+            model(ids, labels=ids, return_logits=False).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    measured = measure_peak(two_steps)
+    plan = estimate_training_memory(config, 4, 512, loss_chunk_rows=LOSS_CHUNK_ROWS)
+    assert 0.75 < plan.total / measured < 1.25, (plan.total / MiB, measured / MiB)
+
+
+def test_find_max_batch_size_follows_the_memory_there_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = create_model(ModelConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=2, max_seq_len=512))
+    roomy = find_max_batch_size(model, max_batch_size=64)
+    monkeypatch.setenv("NIMA_MEMORY_LIMIT", "300MiB")
+    tight = find_max_batch_size(model, max_batch_size=64)
+    assert 1 <= tight < roomy <= 64
+    assert all(p.grad is None for p in model.parameters())  # the trial steps leave nothing behind
+
+
+def _tiny_run(tmp_path: Path, **training) -> RunConfig:
+    return RunConfig.from_dict(
+        {
+            "model": {"d_model": 128, "n_heads": 4, "n_layers": 2, "max_seq_len": 512},
+            "training": {
+                "max_steps": 2,
+                "output_dir": str(tmp_path / "out"),
+                "eval_every": 0,
+                "progress_bar": False,
+                "precision": "fp32",
+                **training,
+            },
+            "data": {"dataset": "tiny_shakespeare", "tokenizer": "char"},
+        }  # fmt: skip
+    )
+
+
+def test_batch_size_auto_picks_a_smaller_micro_batch_and_keeps_the_effective_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NIMA_MEMORY_LIMIT", "300MiB")
+    said: list[str] = []
+    run = build_run(_tiny_run(tmp_path, batch_size="auto", gradient_accumulation_steps=2), say=said.append)
+    training = run.config.training
+    assert training.batch_size < 32
+    assert training.batch_size * training.gradient_accumulation_steps == 64  # 32 x the 2 asked for
+    assert run.trainer.batch_size == training.batch_size
+    assert any(line.startswith("batch_size auto: micro-batch") for line in said)
+    assert run.train().steps == 2
+
+
+def test_batch_size_auto_with_a_loader_of_your_own_is_a_config_error(tmp_path: Path) -> None:
+    model = create_model(ModelConfig(vocab_size=65, d_model=32, n_heads=4, n_layers=1, max_seq_len=16))
+    loader = [
+        {"input_ids": torch.zeros(2, 16, dtype=torch.long), "labels": torch.zeros(2, 16, dtype=torch.long)}
+    ]
+    with pytest.raises(ConfigError, match="find_max_batch_size"):
+        Trainer(model, TrainingConfig(batch_size="auto", output_dir=str(tmp_path)), loader)
+
+
+def test_a_run_that_would_not_fit_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch, session_data_dir
+) -> None:
+    # The guide's base config (batch 32 x 1024: about 8 GiB in fp32) on a machine with 3 GiB.
+    monkeypatch.setenv("NIMA_MEMORY_LIMIT", "3GiB")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config", "configs/base_model.yaml", "--training.max_steps=1",
+         f"--training.output_dir={out}", "--training.precision=fp32"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: this run will not fit in memory"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "training.gradient_accumulation_steps" in lines[0] and "GiB" in lines[0]
+    assert not (out / "checkpoints").exists()
+
+
+def test_the_plan_is_said_at_start(tmp_path: Path, capsys) -> None:
+    run = build_run(_tiny_run(tmp_path, batch_size=4))
+    run.train()
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("memory plan:"))
+    assert "batch 4 x 512, fp32" in line and "available (RAM)" in line
+    assert available_memory("cpu") is not None
+
+
+class SlowModel(torch.nn.Module):
+    """A tiny model whose every forward pass takes a while: a stand-in for a big one on a CPU."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.weight = torch.nn.Parameter(torch.zeros(65))
+
+    def forward(self, input_ids, labels=None):
+        time.sleep(self.seconds)
+        logits = self.weight.expand(*input_ids.shape, 65)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 65), labels.reshape(-1))
+
+
+def test_slow_steps_print_progress_before_log_every(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(ProgressPrinter, "first_line_s", 0.3)
+    monkeypatch.setattr(ProgressPrinter, "heartbeat_s", 10.0)
+    batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "labels": torch.zeros(2, 8, dtype=torch.long)}
+    config = TrainingConfig(
+        max_steps=4, log_every=100, progress_bar=False, output_dir=str(tmp_path), eval_every=0
+    )
+    Trainer(SlowModel(0.2), config, [batch] * 4).train()
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
+    first = re.fullmatch(r"step ([123])/4 \| ([\d.]+) s/step \| eta \dm\d\ds", lines[0])
+    assert first, lines  # a line with seconds per step and the ETA, long before step 100
+    assert float(first.group(2)) >= 0.2
+    assert lines[-1].startswith("step 4/4 | loss")
