@@ -11,14 +11,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from tiny import model_args
 
 from nima.cli import main as nima_main
 from nima.data import prepare
 
 TINY = [
-    "--model.n_layers=1", "--model.d_model=32", "--model.n_heads=2", "--model.d_ff=64",
-    "--model.max_seq_len=32",
+    *model_args(), "--training.precision=fp32",  # the same run on any CPU
     "--training.batch_size=8", "--training.max_steps=30", "--training.warmup_steps=0",
     "--training.learning_rate=1e-2", "--training.eval_every=30", "--training.eval_batches=2",
 ]  # fmt: skip
@@ -120,11 +121,15 @@ def test_evaluate_model_agrees_with_the_trainers_validation_loss(run_dir, sessio
 
     loaded = load_for_inference(run_dir / "checkpoints" / "best_model.pt", device="cpu")
     data = load_prepared(session_data_dir / "tiny_shakespeare" / "char")
-    val = TokenWindowDataset.from_prepared(data, "val", loaded.model.config.max_seq_len, seed=0)
+    # Three batches of the split: the Trainer's validation then covers all of it, as evaluate_model.
+    context = loaded.model.config.max_seq_len
+    three_batches = np.asarray(data.tokens("val")[: 3 * 8 * context + 1])
+    val = TokenWindowDataset(three_batches, context, random_offset=False)
     loader = create_dataloader(val, batch_size=8, collate_fn=DataCollator(data.tokenizer), shuffle=False)
     ours = evaluate_model(loaded.model, loader, max_batches=3, tokenizer=data.tokenizer)
-    config = TrainingConfig(
-        batch_size=8, eval_batches=3, output_dir=str(run_dir / "unused"), progress_bar=False
+    config = TrainingConfig(  # fp32, as evaluate_model computes: the two agree to 1e-5
+        batch_size=8, eval_batches=3, output_dir=str(run_dir / "unused"), progress_bar=False,
+        precision="fp32",
     )
     trainers = Trainer(loaded.model, config, loader, loader).evaluate()
     assert ours.tokens == 3 * 8 * loaded.model.config.max_seq_len

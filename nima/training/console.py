@@ -38,9 +38,10 @@ def start_lines(
     compiling: bool,
     memory_plan: MemoryPlan | None = None,
     model_config: Any = None,
+    validation: str = "",
 ) -> list[str]:
     """What the run says when it starts: size, device, precision (and why), the memory plan,
-    resume point."""
+    what the validation loss covers, resume point."""
     where = f"{runtime.device}" + (
         f" x {runtime.dist.world_size} processes" if runtime.dist.enabled else ""
     )
@@ -54,6 +55,8 @@ def start_lines(
             "applies dropout here, so attention keeps (T x T) scores per head (memory grows with the "
             "square of the context); model.attn_dropout: 0 keeps it linear"
         )
+    if validation:
+        lines.append(f"validation loss: {validation}")
     if step:
         lines.append(f"resuming at step {step} (epoch {epoch}, batch {batch_in_epoch})")
     if compiling:

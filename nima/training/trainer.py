@@ -266,7 +266,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.train_step.params)
         for line in start_lines(
             n_params, self.runtime, self.step, self.epoch, self.batch_in_epoch, self.config.compile,
-            self.memory_plan, getattr(self.raw_model, "config", None),
+            self.memory_plan, getattr(self.raw_model, "config", None), self.validator.coverage,
         ):  # fmt: skip
             self._say(line)
         for leftover in self.checkpointer.remove_leftovers():

@@ -1,4 +1,10 @@
-"""The validator: when to evaluate, the validation loss, and which evaluation was the best."""
+"""The validator: when to evaluate, the validation loss, and which evaluation was the best.
+
+The validation loss is an honest figure: the whole validation split when it has at most
+``eval_batches`` batches, otherwise the same fixed sample at every evaluation, of windows spread
+evenly over the whole split (not its first batches, which would measure only the start of the
+text). Each figure says how many tokens it covers (``val_tokens``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from nima.distributed import all_reduce_sum
 from nima.errors import ConfigError
@@ -24,10 +31,10 @@ class Validator:
         self, model: nn.Module, loader: Iterable | None, runtime: Runtime, every: int, batches: int
     ) -> None:
         self.model = model
-        self.loader = loader
         self.runtime = runtime
         self.every = every
         self.batches = batches
+        self.loader, self.coverage = spread_sample(loader, batches) if loader is not None else (None, "")
         self.best_val_loss = math.inf
         self.last_val_loss: float | None = None
         self.last_step = -1
@@ -52,8 +59,9 @@ class Validator:
 
     @torch.no_grad()
     def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
-        """Mean validation loss (per labelled token) over the first ``batches`` batches, averaged
-        over all processes under torchrun. Returns ``val_loss`` and ``val_perplexity``."""
+        """Mean validation loss per labelled token over the split or its spread sample (at most
+        ``max_batches`` batches of it when given), over all processes under torchrun. Returns
+        ``val_loss``, ``val_perplexity`` and ``val_tokens`` (the labelled tokens it covers)."""
         if self.loader is None:
             raise ConfigError("no eval_dataloader was given to the Trainer")
         device = self.runtime.device
@@ -64,7 +72,7 @@ class Validator:
         with quiet_rng():
             position_loader(self.loader, 0, 0)
             iterator = iter(self.loader)
-        for _, batch in zip(range(max_batches or self.batches), iterator, strict=False):
+        for _, batch in zip(range(max_batches or len(self.loader)), iterator, strict=False):
             input_ids, labels = (t.to(device) for t in unpack_batch(batch))
             with self.runtime.autocast():
                 loss = loss_of(model(input_ids, labels=labels))
@@ -77,7 +85,8 @@ class Validator:
         if float(count) == 0:
             raise ConfigError("the validation loader yielded no labelled tokens")
         val_loss = float(loss_sum / count)
-        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+        perplexity = math.exp(min(val_loss, 50.0))
+        return {"val_loss": val_loss, "val_perplexity": perplexity, "val_tokens": int(count)}
 
     @property
     def best(self) -> float | None:
@@ -90,3 +99,30 @@ class Validator:
         best = state.get("best_val_loss")
         self.best_val_loss = math.inf if best is None else float(best)
         self.last_val_loss = state.get("last_val_loss")
+
+
+def spread_sample(loader: Iterable, batches: int) -> tuple[Iterable, str]:
+    """``loader`` itself when it has at most ``batches`` batches (or its length or windows cannot
+    be known); otherwise a loader over ``batches`` batches of windows spread evenly over it, the
+    same at every evaluation. Returns the loader and a phrase saying what it covers."""
+    try:
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return loader, "the validation loader (no length: every batch)"
+    dataset, sampler = getattr(loader, "dataset", None), getattr(loader, "sampler", None)
+    if total <= batches or not isinstance(loader, DataLoader) or dataset is None:
+        return loader, f"the whole validation split ({total} batches)"
+    with quiet_rng():
+        position_loader(loader, 0, 0)
+        # This process's windows in order (its shard under torchrun).
+        order = sampler.epoch_order() if hasattr(sampler, "epoch_order") else list(range(len(dataset)))
+    wanted = min(len(order), batches * (loader.batch_size or 1))
+    picks = [order[i * len(order) // wanted] for i in range(wanted)]
+    sample = DataLoader(
+        Subset(dataset, picks),
+        batch_size=loader.batch_size,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+    )
+    return sample, f"{batches} of the validation split's {total} batches, spread evenly over it"
