@@ -94,7 +94,8 @@ import json
 
 for line in (OUT / "basics" / "logs" / "metrics.jsonl").read_text().splitlines():
     entry = json.loads(line)
-    print({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items() if k in ("step", "loss", "val_loss", "lr")})
+    shown = {k: v for k, v in entry.items() if k in ("step", "loss", "val_loss", "lr")}
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()})
 '''),
     md("""
 ## 5. Evaluate
@@ -118,7 +119,11 @@ from nima.inference import SamplingSettings, generate_text
 settings = SamplingSettings(max_new_tokens=120, temperature=0.8, top_k=20, seed=0)
 print("ROMEO:" + generate_text(model, tokenizer, "ROMEO:", settings))
 '''),
-    md("## 7. Load the checkpoint, as `nima generate` does\n\nThe tokenizer is found from the identity the checkpoint recorded."),
+    md("""
+## 7. Load the checkpoint, as `nima generate` does
+
+The tokenizer is found from the identity the checkpoint recorded.
+"""),
     code('''
 from nima.inference import load_for_inference
 
@@ -144,7 +149,9 @@ from data import DataCollator, create_dataloader, prepare_dataset
 from models import create_gpt_tiny
 from training import Trainer, TrainingConfig
 
-train_dataset, val_dataset, tokenizer = prepare_dataset("tiny_shakespeare", tokenizer_type="char", max_length=32)
+train_dataset, val_dataset, tokenizer = prepare_dataset(
+    "tiny_shakespeare", tokenizer_type="char", max_length=32
+)
 collator = DataCollator(tokenizer)
 TINY = dict(n_layers=1, d_model=32, n_heads=2, max_seq_len=32)
 
@@ -176,14 +183,22 @@ for i in range(0, 16, 4):
 accumulated = [p.grad for p in model.parameters()]
 print("largest gradient difference:", max((a - b).abs().max().item() for a, b in zip(big, accumulated)))
 '''),
-    md("In a config: `TrainingConfig(batch_size=4, gradient_accumulation_steps=4)` trains like a batch of 16."),
-    md("## Learning-rate schedules\n\nWarmup, then `cosine`, `linear`, `constant` or `cosine_restarts`, ending at `min_lr`:"),
+    md("""
+In a config: `TrainingConfig(batch_size=4, gradient_accumulation_steps=4)` trains like a batch of 16.
+"""),
+    md("""
+## Learning-rate schedules
+
+Warmup, then `cosine`, `linear`, `constant` or `cosine_restarts`, ending at `min_lr`:
+"""),
     code('''
 from training import get_optimizer, get_scheduler
 
 for kind in ("cosine", "linear", "constant", "cosine_restarts"):
     optimizer = get_optimizer(fresh_model(), optimizer_type="adamw", learning_rate=1e-3)
-    scheduler = get_scheduler(optimizer, scheduler_type=kind, num_training_steps=100, num_warmup_steps=10, min_lr=1e-4)
+    scheduler = get_scheduler(
+        optimizer, scheduler_type=kind, num_training_steps=100, num_warmup_steps=10, min_lr=1e-4
+    )
     lrs = []
     for step in range(100):
         lrs.append(scheduler.get_last_lr()[0])
@@ -191,7 +206,13 @@ for kind in ("cosine", "linear", "constant", "cosine_restarts"):
         scheduler.step()
     print(f"{kind:16s}", " ".join(f"{lrs[s]:.1e}" for s in (0, 5, 10, 25, 50, 75, 99)))
 '''),
-    md("## Precision\n\nThe Trainer picks the precision for the hardware and says why (fp32 on CPUs without bf16 instructions):"),
+    md("""
+## Precision
+
+The Trainer picks the precision for the hardware and says why (fp32 on CPUs without bf16
+instructions). `NIMA_CPU_BF16=on` or `off` in the environment forces the CPU's choice;
+`TrainingConfig(precision="fp32")` forces fp32 anywhere:
+"""),
     code('''
 from training import choose_precision
 
@@ -228,7 +249,9 @@ print("stopped after", results["steps"], "of 200 steps; validation losses:", rec
 Plan 20 steps; run them straight. Then run the same plan again but interrupt it after 10 steps (a
 callback sets `trainer.should_stop`, as a crash would), and resume from its `step_10.pt` in a new
 Trainer. Model, optimizer, schedule, data position and random state are all restored, so the
-weights come out identical.
+weights come out identical. The runs are pinned to `precision="fp32"`, so that all three compute
+alike on any CPU: under `auto`, a CPU with bf16 instructions picks bf16 or fp32 after a quick
+benchmark, and two runs that train in different precisions cannot match bit for bit.
 """),
     code('''
 class StopAfter(Callback):
@@ -242,7 +265,8 @@ class StopAfter(Callback):
 def run(out, resume=None, callbacks=()):
     train_loader, val_loader = loaders(8)
     config = TrainingConfig(max_steps=20, batch_size=8, learning_rate=1e-3, eval_every=0, eval_batches=2,
-                            output_dir=str(OUT / out), progress_bar=False, save_every=10, log_every=5)
+                            output_dir=str(OUT / out), progress_bar=False, save_every=10, log_every=5,
+                            precision="fp32")
     trainer = Trainer(fresh_model(), config, train_loader, val_loader, callbacks=list(callbacks))
     if resume:
         trainer.load_checkpoint(resume)
@@ -255,7 +279,11 @@ resumed = run("resumed", resume=OUT / "interrupted" / "checkpoints" / "step_10.p
 same = all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
 print("identical weights after resume:", same)
 '''),
-    md("## The llama family\n\nRoPE, RMSNorm, SwiGLU and grouped-query attention, from the same config fields:"),
+    md("""
+## The llama family
+
+RoPE, RMSNorm, SwiGLU and grouped-query attention, from the same config fields:
+"""),
     code('''
 llama = fresh_model(arch="llama", n_heads=4, n_kv_heads=2)
 print(llama.config.arch, f"{llama.num_parameters():,} parameters")
@@ -286,14 +314,18 @@ from models import create_gpt_tiny
 from nima.evaluation import evaluate_model
 from training import Trainer, TrainingConfig
 
-train_dataset, val_dataset, tokenizer = prepare_dataset("tiny_shakespeare", tokenizer_type="char", max_length=32)
+train_dataset, val_dataset, tokenizer = prepare_dataset(
+    "tiny_shakespeare", tokenizer_type="char", max_length=32
+)
 collator = DataCollator(tokenizer)
 # One fixed validation set for every run: the first 40 windows.
 val_batches = [collator([val_dataset[i] for i in range(j, j + 8)]) for j in range(0, 40, 8)]
 
 def train_and_score(learning_rate, d_model, steps=60, seed=0):
     torch.manual_seed(seed)
-    model = create_gpt_tiny(vocab_size=tokenizer.vocab_size, n_layers=1, d_model=d_model, n_heads=2, max_seq_len=32)
+    model = create_gpt_tiny(
+        vocab_size=tokenizer.vocab_size, n_layers=1, d_model=d_model, n_heads=2, max_seq_len=32
+    )
     loader = create_dataloader(train_dataset, batch_size=16, collate_fn=collator, seed=seed)
     config = TrainingConfig(max_steps=steps, batch_size=16, learning_rate=learning_rate, warmup_steps=5,
                             eval_every=0, eval_batches=1, save_every=0, save_epoch_checkpoints=False,
@@ -326,7 +358,9 @@ On a GPU, try batch sizes from large to small and keep the first that runs (out-
 """),
     code('''
 def fits(batch_size):
-    model = create_gpt_tiny(vocab_size=tokenizer.vocab_size, n_layers=1, d_model=32, n_heads=2, max_seq_len=32)
+    model = create_gpt_tiny(
+        vocab_size=tokenizer.vocab_size, n_layers=1, d_model=32, n_heads=2, max_seq_len=32
+    )
     batch = collator([train_dataset[i] for i in range(batch_size)])
     try:
         model(batch["input_ids"], labels=batch["labels"]).loss.backward()
@@ -345,7 +379,11 @@ print("largest batch that fits:", next(b for b in (128, 64, 32, 16) if fits(b)))
   (`weight_decay`, `dropout`) once the model starts to overfit (validation loss rising while the
   training loss falls).
 - From the command line, every field is an override:
-  `python scripts/train.py --config configs/cpu_quick.yaml --training.learning_rate=3e-3 --training.output_dir=experiments/lr_3e-3`.
+
+  ```
+  python scripts/train.py --config configs/cpu_quick.yaml \\
+      --training.learning_rate=3e-3 --training.output_dir=experiments/lr_3e-3
+  ```
 """),
 ]
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import model_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH = REPO_ROOT / "benchmarks"
@@ -65,15 +66,17 @@ def test_summary_is_median_with_range():
     assert compare.fmt(s).startswith("1.000x (min 0.900, max 1.200, 3 pairs)")
 
 
-def test_parse_train_summary_line():
+def test_train_figures_come_from_results_json(tmp_path):
     compare = _load("compare_reference")
-    out = (
-        "step 10/10 | loss 3\n"
-        "done: 1000 steps, 768,000 tokens in 40.0s (25,000 tok/s training); val loss 1.9\n"
-    )
-    parsed = compare.parse_train_summary(out)
+    # What `nima train` writes at the end: the TrainResults as JSON (more keys than are read).
+    results = {"steps": 1000, "tokens": 768000, "wall_time_s": 40.0, "train_tokens_per_s": 25000.0,
+               "tokens_per_s": 19200.0, "final_val_loss": 1.9, "precision": "fp32"}  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    parsed = compare.read_train_results(tmp_path)
     assert parsed == {"steps": 1000, "tokens": 768000, "wall_s": 40.0, "train_tokens_per_s": 25000.0}
     assert compare.overhead_share(parsed) == pytest.approx(1 - 768000 / 25000 / 40.0)
+    with pytest.raises(SystemExit, match="results.json"):
+        compare.read_train_results(tmp_path / "missing")
 
 
 @pytest.mark.slow
@@ -116,10 +119,7 @@ def test_sample_efficiency_curve_points(session_data_dir, tmp_path):
     result = sample.curve(
         "configs/cpu_quick.yaml",
         [
-            "--model.n_layers=1",
-            "--model.d_model=32",
-            "--model.n_heads=2",
-            "--model.d_ff=64",
+            *model_args(max_seq_len=64),  # cpu_quick's context, which the token count below assumes
             "--training.max_steps=4",
             "--training.batch_size=4",
         ],

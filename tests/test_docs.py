@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import model_args, model_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("NIMA_SHARED_DIR", REPO.parent / "shared"))
@@ -32,13 +33,13 @@ SPEC = SHARED / "spec" / "training-guide.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 CODE_FOLDERS = ("scripts", "configs", "nima", "models", "data", "training")
 
-# Tiny sizes for every training command: one layer of width 32, context 32, a few steps.
-TINY_MODEL = "--model.n_layers=1 --model.d_model=32 --model.n_heads=2 --model.d_ff=64 --model.max_seq_len=32"
+# Tiny sizes for every training command: the tests' tiny model (tests/tiny.py), a few steps.
+TINY_MODEL = " ".join(model_args())
 TINY_TRAIN = (
     "--training.batch_size=4 --training.eval_every=2 --training.eval_batches=2 --training.save_every=2"
 )
 TINY = f"{TINY_MODEL} {TINY_TRAIN}"
-TINY_PY_MODEL = "n_layers=1, d_model=32, n_heads=2, d_ff=64, max_seq_len=32"
+TINY_PY_MODEL = ", ".join(f"{name}={value}" for name, value in model_dict().items())
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from inference_helpers import TEXT, save_checkpoint, train_tiny_model
+from tiny import model_config
 
 from nima.cli import main as nima_main
 from nima.data.tokenizer import ByteTokenizer, CharTokenizer
@@ -223,7 +224,7 @@ def test_stream_yields_pieces_that_add_up_to_the_whole(trained):
 def test_byte_level_stream_never_prints_half_a_character():
     torch.manual_seed(0)
     tok = ByteTokenizer()
-    model = create_model({"n_layers": 1, "d_model": 16, "n_heads": 2, "max_seq_len": 16, "vocab_size": 257})
+    model = create_model(model_config(vocab_size=257))
     pieces = list(stream_text(model, tok, "é", SamplingSettings(max_new_tokens=60, temperature=2.0, seed=1)))
     # Random bytes are mostly invalid UTF-8: each piece is whole characters (invalid bytes become U+FFFD).
     assert all(isinstance(p, str) and p for p in pieces)
@@ -235,12 +236,10 @@ def test_empty_prompt_starts_from_end_of_text_or_asks_for_a_prompt(trained):
     model, tok = trained  # a char tokenizer without an end-of-text token: starts from a newline
     assert len(generate_text(model, tok, "", SamplingSettings(max_new_tokens=3, seed=0))) == 3
     no_newline = CharTokenizer("abc")
-    small = create_model({"n_layers": 1, "d_model": 16, "n_heads": 2, "max_seq_len": 16, "vocab_size": 3})
+    small = create_model(model_config(vocab_size=3))
     with pytest.raises(ConfigError, match="--prompt"):
         generate_text(small, no_newline, "", SamplingSettings(max_new_tokens=3))
-    byte_model = create_model(
-        {"n_layers": 1, "d_model": 16, "n_heads": 2, "max_seq_len": 16, "vocab_size": 257}
-    )
+    byte_model = create_model(model_config(vocab_size=257))
     assert isinstance(
         generate_text(byte_model, ByteTokenizer(), "", SamplingSettings(max_new_tokens=3, seed=0)), str
     )

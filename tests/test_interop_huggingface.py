@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from inference_helpers import save_checkpoint, train_tiny_model
+from tiny import model_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nima.cli import main
 from nima.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, tokenizer_from_dict
 from nima.errors import ConfigError
 from nima.interop import export_huggingface, export_tokenizer, import_huggingface
-from nima.models import GPT, ModelConfig
+from nima.models import GPT
 
 FAMILIES = {
     "gpt2": ({"arch": "gpt2"}, "GPT2LMHeadModel"),
@@ -31,9 +32,7 @@ FAMILIES = {
 
 def _model(**kwargs) -> GPT:
     torch.manual_seed(0)
-    model = GPT(
-        ModelConfig(vocab_size=70, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=32, **kwargs)
-    )
+    model = GPT(model_config(70, **kwargs))
     with torch.no_grad():  # move norms and biases off their initial 1 and 0, so a swap would show
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -152,11 +151,7 @@ def test_import_reads_sentencepiece_style_tokenizers(tmp_path: Path) -> None:
     hf = _llama2_style_tokenizer()
     vocab = hf.get_vocab_size()
     torch.manual_seed(0)
-    model = GPT(
-        ModelConfig(
-            arch="llama", vocab_size=vocab, d_model=32, n_heads=4, n_layers=1, d_ff=64, max_seq_len=32
-        )
-    )
+    model = GPT(model_config(vocab, arch="llama"))
     export_huggingface(model, tmp_path)
     hf.save(str(tmp_path / "tokenizer.json"))  # as the hub has it: no Nima record
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "bos_token": "<s>"}))
@@ -187,8 +182,7 @@ def test_a_sentencepiece_model_imports_prepares_fine_tunes_and_generates_from_th
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # configs/ is relative to the checkout
     hf = _llama2_style_tokenizer()
     torch.manual_seed(0)
-    model = GPT(ModelConfig(arch="llama", vocab_size=hf.get_vocab_size(), d_model=32, n_heads=4, n_layers=1,
-                            d_ff=64, max_seq_len=32))  # fmt: skip
+    model = GPT(model_config(hf.get_vocab_size(), arch="llama"))
     export_huggingface(model, tmp_path / "hf")
     hf.save(str(tmp_path / "hf" / "tokenizer.json"))
     (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>"}}))

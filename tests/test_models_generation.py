@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from tiny import TEST_MODEL
 
 from nima.errors import ConfigError
 from nima.models import (
@@ -29,9 +32,9 @@ FAMILIES = {
 
 def make_model(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
-    base = {"vocab_size": 53, "d_model": 32, "n_heads": 4, "n_layers": 2, "max_seq_len": 32, "dropout": 0.0}
-    # A larger init spreads the logits, so greedy paths are not all ties of near-uniform noise.
-    return GPT(ModelConfig(**{**base, "init_std": 0.2, **overrides})).eval()
+    # The tests' tiny model; a larger init spreads the logits, so greedy paths are not all ties of
+    # near-uniform noise.
+    return GPT(replace(TEST_MODEL, **{"vocab_size": 53, "init_std": 0.2, **overrides})).eval()
 
 
 @pytest.fixture(params=list(FAMILIES), ids=list(FAMILIES))

@@ -14,17 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import model_args
 
 from nima.errors import ConfigError
-from nima.training import cli
+from nima.training import cli, recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--model.d_model=32",
-    "--model.n_heads=2",
-    "--model.n_layers=1",
-    "--model.d_ff=64",
-    "--model.max_seq_len=32",
+    *model_args(),
+    "--training.precision=fp32",  # the same run on any CPU (bf16: test_training_bf16.py)
     "--training.batch_size=4",
     "--training.eval_batches=2",
     "--training.warmup_steps=1",
@@ -154,10 +152,10 @@ def test_data_is_prepared_once_per_node_rank_0_first(
     from nima.distributed import DistributedContext
 
     events: list[str] = []
-    monkeypatch.setattr(cli, "prepare_data", lambda *a, **k: events.append("prepare") or "prepared")
+    monkeypatch.setattr(recipe, "prepare_data", lambda *a, **k: events.append("prepare") or "prepared")
     monkeypatch.setattr("nima.distributed.barrier", lambda: events.append("barrier"))
     ctx = DistributedContext(rank=rank, local_rank=local_rank, world_size=8)
-    assert cli.prepare_data_once_per_node(None, ctx, allow_fallback=False) == "prepared"
+    assert recipe.prepare_data_once_per_node(None, ctx, allow_fallback=False) == "prepared"
     expected = ["barrier", "barrier", "barrier"]
     expected.insert(turn, "prepare")  # every process prepares once, in its turn between the barriers
     assert events == expected

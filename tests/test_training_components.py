@@ -12,7 +12,17 @@ import pytest
 import torch
 from torch import nn
 
+from nima.checkpoint import (
+    atomic_save,
+    capture_rng_state,
+    clean_state_dict,
+    load_checkpoint_file,
+    prune_checkpoints,
+    remove_partial_checkpoints,
+    restore_rng_state,
+)
 from nima.errors import CheckpointError, ConfigError
+from nima.runtime.precision import cpu_has_bf16
 from nima.training import (
     AdamWScale,
     EarlyStopping,
@@ -23,16 +33,6 @@ from nima.training import (
     get_scheduler,
     lr_multiplier,
 )
-from nima.checkpoint import (
-    atomic_save,
-    capture_rng_state,
-    clean_state_dict,
-    load_checkpoint_file,
-    prune_checkpoints,
-    remove_partial_checkpoints,
-    restore_rng_state,
-)
-from nima.runtime.precision import cpu_has_bf16
 
 
 class Toy(nn.Module):
@@ -239,7 +239,8 @@ def test_cpu_bf16_detection_from_flags() -> None:
     assert not cpu_has_bf16({"avx2", "fma"}, capability="AVX2")
 
 
-def test_this_machine_defaults_to_a_fast_precision() -> None:
+def test_this_machine_defaults_to_a_fast_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NIMA_CPU_BF16", raising=False)  # this machine's own choice, not a forced one
     choice = choose_precision("auto", True, "cpu")
     if not cpu_has_bf16():
         assert choice.name == "fp32"

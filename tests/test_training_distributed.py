@@ -10,14 +10,31 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tiny import model_dict
 
 from nima.data import prepare
 from nima.distributed import DistributedContext, all_reduce_mean, init_distributed, no_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The start of every worker: the tests' tiny model shape (the workers run as scripts, outside the
+# tests folder), and how a worker ends. Every worker trains in fp32 unless it says otherwise: the
+# tests compare weights exactly.
+WORKER_START = f"TINY = {model_dict()!r}\n" + textwrap.dedent(
+    """
+    def leave():
+        # Leave the process group once the worker has deleted its trainers (their DDP/FSDP state
+        # holds it): a worker that still holds them at interpreter exit now and then aborts there
+        # after printing its result ("terminate called without an active exception", SIGABRT).
+        import gc
+        from nima.distributed import cleanup
+        gc.collect()
+        cleanup()
+    """
+)
+
 # The start of the workers below: the process group, and this rank's shard of tiny Shakespeare.
-SHARDED_LOADER = textwrap.dedent(
+SHARDED_LOADER = WORKER_START + textwrap.dedent(
     """
     import json, sys
     import numpy as np
@@ -43,11 +60,10 @@ WORKER = SHARDED_LOADER + textwrap.dedent(
     compiled = sys.argv[3:] == ["compile"]
     first = next(iter(loader))["input_ids"]
     torch.manual_seed(100 + ctx.rank)  # different initial weights: DDP must start from rank 0's
-    model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
-                                     n_layers=1, d_ff=64, max_seq_len=32, dropout=0.1))
+    model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, **TINY, dropout=0.1))
     cfg = TrainingConfig(max_steps=4, batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
                          output_dir=out, eval_every=2, eval_batches=2, log_every=1, progress_bar=False,
-                         compile=compiled)
+                         compile=compiled, precision="fp32")
     trainer = Trainer(model, cfg, loader, loader)
     results = trainer.train()
     flat = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
@@ -63,7 +79,8 @@ WORKER = SHARDED_LOADER + textwrap.dedent(
             "steps": results["steps"], "tokens": results["tokens"],
             "val_loss": results["final_val_loss"],
         }))
-    cleanup()
+    del trainer, model
+    leave()
     """
 )
 
@@ -88,8 +105,7 @@ DIVERGE_WORKER = SHARDED_LOADER + textwrap.dedent(
     """
     from nima.errors import TrainingDivergedError
 
-    model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
-                                     n_layers=1, d_ff=64, max_seq_len=32))
+    model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, **TINY))
     forwards = []
 
     def break_rank_1_at_step_6(module, args):  # rank 0's own loss stays finite at step 6
@@ -113,7 +129,8 @@ DIVERGE_WORKER = SHARDED_LOADER + textwrap.dedent(
     if ctx.rank == 0:
         print("RESULT " + json.dumps({"stopped_at": [int(t[0]) for t in both],
                                       "raised": [bool(t[1]) for t in both], "message": message}))
-    cleanup()
+    del trainer, model
+    leave()
     """
 )
 
@@ -131,7 +148,7 @@ def test_divergence_on_one_rank_stops_every_rank_before_saving(
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step_4.pt"]
 
 
-RESUME_WORKER = textwrap.dedent(
+RESUME_WORKER = WORKER_START + textwrap.dedent(
     """
     import json, os, signal, sys
     import numpy as np
@@ -159,11 +176,10 @@ RESUME_WORKER = textwrap.dedent(
         loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True,
                                    seed=0, rank=ctx.rank, world_size=ctx.world_size)
         torch.manual_seed(0)
-        model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
-                                         n_layers=1, d_ff=64, max_seq_len=32, dropout=0.3))
+        model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, **TINY, dropout=0.3))
         cfg = TrainingConfig(max_steps=max_steps, batch_size=4, learning_rate=1e-2, output_dir=folder,
                              eval_every=0, save_every=2, log_every=1, progress_bar=False,
-                             distributed_strategy=strategy)
+                             distributed_strategy=strategy, precision="fp32")
         return Trainer(model, cfg, loader, None, callbacks=callbacks)
 
     def params(t):
@@ -196,7 +212,8 @@ RESUME_WORKER = textwrap.dedent(
               "preempted_at": stopped, "after_preemption_diff": max_diff(straight, after)}
     if ctx.rank == 0:
         print("RESULT " + json.dumps(report))
-    cleanup()
+    del straight, resumed, preempted, after
+    leave()
     """
 )
 
@@ -218,7 +235,7 @@ def test_two_process_resume_and_preemption_are_bit_exact(
     assert report["after_preemption_diff"] == 0.0
 
 
-FSDP_WORKER = textwrap.dedent(
+FSDP_WORKER = WORKER_START + textwrap.dedent(
     """
     import json, sys
     import numpy as np
@@ -242,8 +259,7 @@ FSDP_WORKER = textwrap.dedent(
         loader = create_dataloader(ds, 4, collate_fn=DataCollator(data.tokenizer), shuffle=True,
                                    seed=0, rank=ctx.rank, world_size=ctx.world_size)
         torch.manual_seed(100 + ctx.rank)  # different weights per rank: both strategies start from rank 0's
-        model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, d_model=32, n_heads=2,
-                                         n_layers=2, d_ff=64, max_seq_len=32, dropout=0.1))
+        model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, **TINY, dropout=0.1))
         cfg = TrainingConfig(max_steps=4, batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
                              output_dir=f"{out}/{folder}", eval_every=2, eval_batches=2, save_every=2,
                              log_every=1, progress_bar=False, distributed_strategy=strategy,
@@ -253,8 +269,7 @@ FSDP_WORKER = textwrap.dedent(
         model.blocks[0].attn.qkv.register_forward_pre_hook(lambda m, args: seen.append(str(m.weight.dtype)))
         if resume:
             trainer.load_checkpoint(f"{out}/{resume}/checkpoints/step_2.pt")
-        results = trainer.train()
-        results["weight_dtypes_in_forward"] = sorted(set(seen))
+        results = {**trainer.train(), "weight_dtypes_in_forward": sorted(set(seen))}
         return trainer, results
 
     fsdp, results = run("fsdp", "fsdp")
@@ -286,7 +301,8 @@ FSDP_WORKER = textwrap.dedent(
             "bf16_val_loss": {"fsdp": fsdp_bf16["final_val_loss"], "ddp": ddp_bf16["final_val_loss"]},
             "bf16_checkpoint_dtypes": sorted({str(t.dtype) for t in final("fsdp_bf16")["model"].values()}),
         }))
-    cleanup()
+    del fsdp, _
+    leave()
     """
 )
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import model_dict
 
 
 @pytest.fixture
@@ -28,9 +29,8 @@ def test_custom_training_loop(in_tmp: Path) -> None:
         max_length=32,  # guide: 512
     )
 
-    # Create model (guide: the full small preset)
-    model = create_gpt_small(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_layers=1, d_ff=64,
-                             max_seq_len=32)
+    # Create model (guide: the full small preset; here the tests' tiny shape)
+    model = create_gpt_small(vocab_size=tokenizer.vocab_size, **model_dict())
 
     # Setup data loaders
     collator = DataCollator(tokenizer)
@@ -185,7 +185,7 @@ def test_optimizers_and_schedulers() -> None:
     from models import create_gpt_tiny
     from training import get_optimizer, get_scheduler
 
-    model = create_gpt_tiny(vocab_size=65, d_model=32, n_heads=2, n_layers=1, d_ff=64, max_seq_len=16)
+    model = create_gpt_tiny(vocab_size=65, **model_dict())
 
     # AdamW (recommended)
     optimizer = get_optimizer(

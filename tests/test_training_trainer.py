@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import model_config
 
+from nima.checkpoint import atomic_save, load_model_from_checkpoint
 from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepare
 from nima.errors import CheckpointError, ConfigError, TrainingDivergedError
-from nima.models import ModelConfig, create_model
+from nima.models import create_model
 from nima.training import Callback, EarlyStopping, Trainer, TrainingConfig
-from nima.checkpoint import atomic_save, load_model_from_checkpoint
-
-TINY = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "max_seq_len": 32}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,7 @@ def prepared(session_data_dir: Path):
 
 def tiny_model(prepared, seed: int = 0, **overrides) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cfg = {**TINY, "vocab_size": prepared.tokenizer.vocab_size, **overrides}
-    return create_model(ModelConfig(**cfg))
+    return create_model(model_config(prepared.tokenizer.vocab_size, **overrides))
 
 
 def small_loader(
@@ -57,7 +55,10 @@ def small_loader(
 
 
 def config(tmp_path: Path, **kw) -> TrainingConfig:
+    # fp32 whatever the CPU: these tests compare losses, gradients and weights exactly (bf16 has
+    # its own tests in test_training_bf16.py).
     base = {
+        "precision": "fp32",
         "max_steps": 10,
         "batch_size": 8,
         "learning_rate": 3e-3,
@@ -400,11 +401,18 @@ def test_empty_loader_and_bad_config(prepared, tmp_path: Path) -> None:
         Trainer(tiny_model(prepared), config(tmp_path, max_steps=3), iter([])).train()
 
 
-def test_gradient_checkpointing_flag(prepared, tmp_path: Path) -> None:
-    model = tiny_model(prepared)
-    train = small_loader(prepared, tokens=1000)
-    Trainer(model, config(tmp_path, max_steps=2, gradient_checkpointing=True), train).train()
+def test_gradient_checkpointing_flag(prepared, tmp_path: Path, monkeypatch) -> None:
+    """model.gradient_checkpointing is the one switch: the model trains with every block recomputed
+    in the backward pass; the old training key says where the setting moved."""
+    model = tiny_model(prepared, gradient_checkpointing=True)
+    block = type(model.blocks[0])
+    forward, calls = block.forward, []
+    monkeypatch.setattr(block, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    Trainer(model, config(tmp_path, max_steps=2), small_loader(prepared, tokens=1000)).train()
     assert model.config.gradient_checkpointing is True
+    assert len(calls) == 2 * 2 * model.config.n_layers  # 2 steps: each block in forward and backward
+    with pytest.raises(ConfigError, match="training.gradient_checkpointing moved to model.gradient_ch"):
+        config(tmp_path, gradient_checkpointing=True)
 
 
 def test_compiled_training_matches_eager(prepared, tmp_path: Path, capsys) -> None:
