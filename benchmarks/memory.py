@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print("\n| model | precision | checkpointing | batch x context | measured MiB | plan MiB | plan / measured |")
+    header = ["model", "precision", "checkpointing", "batch x context", "measured MiB", "plan MiB"]
+    header.append("plan / measured")
+    print("\n| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         cells = [r["model"], r["precision"], "on" if r["gc"] else "off", f"{r['batch']} x {r['context']}"]

@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("nima.inference.cli", "generate text from a checkpoint"),
     "export": ("nima.interop.export_cli", "write a checkpoint as a Hugging Face transformers model folder"),
     "import": ("nima.interop.import_cli", "turn a Hugging Face model folder into a Nima checkpoint"),
+    "sweep": ("nima.tuning.cli", "search hyperparameters with Optuna: short pruned trials, the best config"),
+    "plot": ("nima.reporting.plot_cli", "draw runs' loss, learning rate and throughput curves into a PNG"),
+    "report": ("nima.reporting.report_cli", "write a run's report.md: config, speed, losses, plot, sample"),
 }
 
 EXIT_USER_ERROR = 2

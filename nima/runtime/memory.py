@@ -31,14 +31,14 @@ OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "adamw_scale": 2, "sgd": 1}
 # Activation bytes kept for backward per token and layer, as c_d * d_model + c_f * d_ff, measured
 # on gpt2-family blocks (benchmarks/memory.py): fp32 keeps every saved tensor in 4 bytes; bf16
 # autocast keeps matmul inputs and outputs in 2 bytes and norms and the residual stream in 4.
-ACTIVATION_BYTES = {"fp32": (36.0, 8.0), "bf16": (26.0, 4.0), "fp16": (26.0, 4.0)}
+ACTIVATION_BYTES = {"fp32": (28.0, 6.0), "bf16": (16.0, 3.2), "fp16": (16.0, 3.2)}
 # What a checkpointed block keeps: its input (the residual stream), in fp32; and, while the
 # backward pass recomputes one block at a time, about this many blocks' full activations.
 CHECKPOINTED_BYTES_PER_D = 4.0
-RECOMPUTE_BLOCKS = 2.75
+RECOMPUTE_BLOCKS = 1.5
 # The optimizer's and clipping's temporaries (about one fp32 copy of the parameters), plus the
 # autograd engine's and kernels' scratch space.
-WORKSPACE_FIXED = 16 * 1024**2
+WORKSPACE_FIXED = 64 * 1024**2
 # Attention that keeps (T x T) scores per head (SDPA's math path, e.g. attention dropout on a
 # CPU): scores, dropout mask and probabilities.
 QUADRATIC_BYTES_PER_SCORE = 13.0

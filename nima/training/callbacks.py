@@ -1,8 +1,9 @@
 """Callbacks: the small protocol the Trainer calls, plus early stopping, metrics and progress.
 
 A callback is any object with some of the ``on_*`` methods of :class:`Callback`; the Trainer
-calls the ones it finds. Logging back-ends (TensorBoard, Weights & Biases) plug in this way, so
-the trainer never imports them. To stop training, a callback sets ``trainer.should_stop = True``.
+calls the ones it finds. Logging back-ends (TensorBoard, Weights & Biases: ``training.report_to``,
+in :mod:`nima.training.loggers`) plug in this way, so the trainer never imports them. To stop
+training, a callback sets ``trainer.should_stop = True``.
 """
 
 from __future__ import annotations
@@ -321,32 +322,3 @@ class ProgressPrinter(Callback):
 
     def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
         self.close()
-
-
-class TensorBoardLogger(Callback):
-    """Write logged metrics to TensorBoard (needs the optional ``tensorboard`` package).
-
-    ``Trainer(..., callbacks=[TensorBoardLogger("experiments/tb")])``; the Trainer itself never
-    imports TensorBoard.
-    """
-
-    def __init__(self, log_dir: str | Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                "TensorBoardLogger needs the tensorboard package: pip install 'nima[tensorboard]'"
-            ) from None
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def _write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        for name, value in metrics.items():
-            value = _number(value)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(name, value, step)
-
-    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        self._write(trainer.step, metrics)
-
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
-        self.writer.close()

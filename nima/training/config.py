@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import InitVar, dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
 
-from nima.config_fields import ConfigSection, check_types
+from nima.config_fields import ConfigSection, check_types, suggest
 from nima.distributed import STRATEGIES
 
 SCHEDULERS = ("cosine", "linear", "constant", "cosine_restarts")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adamw_scale")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+REPORTERS = ("tensorboard", "wandb")
 
 # batch_size: auto keeps this many sequences per micro-batch's worth of accumulation (the guide's
 # batch size), whatever micro-batch fits.
@@ -112,6 +113,10 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
     """Show a live progress bar on terminals (plain lines otherwise)."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for the MFU figure; null: look the device up in a table."""
+    report_to: list[str] | str = field(default_factory=list)
+    """Where else the logged metrics go, besides logs/metrics.jsonl: a list of tensorboard
+    (<output_dir>/logs/tensorboard) and wandb (W&B, offline unless $WANDB_MODE=online or you are
+    logged in); on the command line --training.report_to=tensorboard,wandb."""
 
     save_steps: InitVar[int | None] = None
     eval_steps: InitVar[int | None] = None
@@ -137,6 +142,12 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
         need.one_of("optimizer_type", OPTIMIZERS)
         need.one_of("precision", PRECISIONS)
         need.one_of("distributed_strategy", STRATEGIES)
+        if isinstance(self.report_to, str):  # report_to: wandb (or "tensorboard,wandb")
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        self.report_to = list(dict.fromkeys(self.report_to))
+        for name in self.report_to:
+            rule = f"a list of {', '.join(REPORTERS)}"
+            need.that(name in REPORTERS, "report_to", rule, suggest(name, REPORTERS))
         device = self.device
         need.that(
             device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
@@ -171,4 +182,4 @@ def _alias_property(canonical: str) -> property:
 for _alias, _canonical in ALIASES.items():
     setattr(TrainingConfig, _alias, _alias_property(_canonical))
 
-__all__ = ["TrainingConfig", "SCHEDULERS", "OPTIMIZERS", "PRECISIONS", "ALIASES", "MOVED"]
+__all__ = ["TrainingConfig", "SCHEDULERS", "OPTIMIZERS", "PRECISIONS", "REPORTERS", "ALIASES", "MOVED"]
