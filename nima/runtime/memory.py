@@ -38,7 +38,7 @@ CHECKPOINTED_BYTES_PER_D = 4.0
 RECOMPUTE_BLOCKS = 1.5
 # The optimizer's and clipping's temporaries (about one fp32 copy of the parameters), plus the
 # autograd engine's and kernels' scratch space.
-WORKSPACE_FIXED = 64 * 1024**2
+WORKSPACE_FIXED = 128 * 1024**2
 # Attention that keeps (T x T) scores per head (SDPA's math path, e.g. attention dropout on a
 # CPU): scores, dropout mask and probabilities.
 QUADRATIC_BYTES_PER_SCORE = 13.0
