@@ -351,24 +351,65 @@ for d_model in (16, 32, 64):
     print(f"d_model {d_model:3d}: validation loss {loss:.3f}  ({seconds:.1f} s)")
 '''),
     md("""
-## Largest batch that fits
+## Automatic search: `nima sweep` with Optuna
 
-On a GPU, try batch sizes from large to small and keep the first that runs (out-of-memory is a
-`RuntimeError`); then keep the effective batch with `gradient_accumulation_steps`.
+The loops above try values by hand. `run_sweep` (the Python side of `nima sweep`, see
+`docs/training.md`, "Tuning") lets Optuna choose them: each trial is a short run built exactly as
+`nima train` builds one, it reports its validation loss at every evaluation, and a trial that falls
+behind the median of the completed ones at the same step is stopped early (pruned). The study is a
+SQLite file: running the same cell again continues it instead of starting over.
 """),
     code('''
-def fits(batch_size):
-    model = create_gpt_tiny(
-        vocab_size=tokenizer.vocab_size, n_layers=1, d_model=32, n_heads=2, max_seq_len=32
-    )
-    batch = collator([train_dataset[i] for i in range(batch_size)])
-    try:
-        model(batch["input_ids"], labels=batch["labels"]).loss.backward()
-        return True
-    except RuntimeError:  # out of memory
-        return False
+from nima.tuning import run_sweep
 
-print("largest batch that fits:", next(b for b in (128, 64, 32, 16) if fits(b)))
+result = run_sweep(
+    REPO / "configs" / "cpu_quick.yaml",
+    trials=5,
+    steps=30,
+    space=["training.learning_rate=log:1e-4..1e-1", "model.d_model=choice:32,64"],
+    overrides={
+        "model.n_layers": 1, "model.n_heads": 2, "model.d_ff": 128, "model.max_seq_len": 32,
+        "training.warmup_steps": 5, "training.min_lr": 0, "training.eval_every": 10,
+        "training.eval_batches": 4, "training.output_dir": str(OUT / "optuna_best"),
+    },
+    study_dir=OUT / "optuna_sweep",
+    sampler="random",
+    seed=0,
+)
+print(f"{result.complete} complete, {result.pruned} pruned, {result.failed} failed")
+print(f"best learning rate {result.best_params['training.learning_rate']:.2e}, "
+      f"d_model {result.best_params['model.d_model']}: validation loss {result.best_value:.3f}")
+'''),
+    md("""
+The sweep saved Optuna's plots as PNG files in the study folder: each trial's validation loss by
+step (pruned trials dashed, ending in a cross), the optimization history, and how much each
+searched value mattered (with this few trials, a rough guide only).
+"""),
+    code('''
+from IPython.display import Image, display
+
+for name in ("intermediate_values", "optimization_history", "param_importances"):
+    if name in result.plots:
+        display(Image(filename=str(result.plots[name])))
+for note in result.notes:
+    print("note:", note)
+'''),
+    md("""
+`best_config.yaml` is the whole config with the best values, ready for
+`nima train --config experiments/notebooks/optuna_sweep/best_config.yaml`.
+
+## Largest batch that fits
+
+`find_max_batch_size` tries real steps: on a GPU until CUDA reports out of memory, on a CPU by
+measuring the memory of two small steps (there, running out of memory kills the process instead
+of raising an error). Keep the effective batch with `gradient_accumulation_steps`, or let
+`nima train` do both with `--training.batch_size=auto`.
+"""),
+    code('''
+from training import find_max_batch_size
+
+model = create_gpt_tiny(vocab_size=tokenizer.vocab_size, n_layers=1, d_model=32, n_heads=2, max_seq_len=32)
+print("largest batch that fits:", find_max_batch_size(model, max_batch_size=128))
 '''),
     md("""
 ## Going further
