@@ -42,3 +42,26 @@ def tokenizer_mismatches(saved: dict[str, Any] | None, current: dict[str, Any] |
         for key in ("kind", "vocab_size", "sha256")
         if key in saved and key in current and saved[key] != current[key]
     ]
+
+
+def data_mismatch(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> str | None:
+    """How the prepared data a checkpoint trained on differs from the data there now, or None.
+
+    ``saved`` is the checkpoint's ``data`` entry, ``current`` the run's data identity (both with
+    ``train_tokens``, ``val_tokens`` and ``sha256``; see :func:`nima.training.setup.data_identity`).
+    Checkpoints written before the record existed, and data without a ``meta.json``, are not
+    compared.
+    """
+    if not saved or not current or not saved.get("sha256") or not current.get("sha256"):
+        return None
+    if saved["sha256"] == current["sha256"]:
+        return None
+
+    def describe(record: dict[str, Any]) -> str:
+        return (
+            f"{record.get('train_tokens', '?')} train + {record.get('val_tokens', '?')} val tokens, "
+            f"data sha256 {str(record['sha256'])[:12]}"
+        )
+
+    where = current.get("prepared_path") or saved.get("prepared_path") or "the prepared data"
+    return f"it recorded {describe(saved)}, and {where} now holds {describe(current)}"

@@ -11,16 +11,18 @@ what older v1 files lack.
 
 from __future__ import annotations
 
+import errno
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from nima.checkpoint.storage import atomic_save
 from nima.errors import CheckpointError
+from nima.files import atomic_write
 from nima.runtime.wrapping import unwrap_model
 
 FORMAT = "nima-checkpoint-v1"
@@ -48,17 +50,26 @@ def make_checkpoint(
     tokenizer: dict[str, Any] | None,
     prepared_path: str | Path | None = None,
     training_config: dict[str, Any] | None = None,
+    data_identity: dict[str, Any] | None = None,
     **training_state: Any,
 ) -> dict[str, Any]:
     """The checkpoint dict: model weights (wrapper prefixes removed), how to rebuild the model,
     the tokenizer's identity, the prepared data it trained on, and ``training_state`` (step,
-    optimizer, ...; plain values and tensors only) at the top level."""
+    optimizer, ...; plain values and tensors only) at the top level.
+
+    ``data_identity`` (``train_tokens``, ``val_tokens``, ``sha256``: see
+    :func:`nima.training.setup.data_identity`) goes into ``data`` beside ``prepared_path``, so
+    that resuming on data that changed since is refused (files written before it existed have
+    none, and are not checked)."""
     return {
         "format": FORMAT,
         "model": clean_state_dict(model_state),
         "model_config": model_config,
         "tokenizer": tokenizer,
-        "data": {"prepared_path": str(prepared_path) if prepared_path is not None else None},
+        "data": {
+            "prepared_path": str(prepared_path) if prepared_path is not None else None,
+            **(data_identity or {}),
+        },
         "training_config": dict(training_config or {}),
         "step": 0,
         "epoch": 0,
@@ -79,14 +90,37 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
             hint = f"; found there: {', '.join(found[:8])}" if found else "; no .pt files there"
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path} is not a readable Nima checkpoint (corrupt, truncated or not "
-            f"saved by Nima): {first[:200]}"
-        ) from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        text = _plain(err)
+        code = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        if code:
+            raise CheckpointError(
+                f"{path} was refused: it holds pickled code or objects ({code.group(1)}), not only tensors "
+                "and plain values, and loading it could run that code; Nima loads only what its own "
+                "checkpoints hold (weights_only): use a checkpoint written by nima train or nima import"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        raise CheckpointError(_unreadable(path, detail.group(1) if detail else text)) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(_unreadable(path, _plain(err))) from None
     return upgrade(ckpt, path)
+
+
+def _plain(err: BaseException) -> str:
+    """An error's text without terminal escapes (torch bolds some words)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip() or type(err).__name__
+
+
+def _unreadable(path: Path, text: str) -> str:
+    """One line for a file torch cannot read, with the first sentence of why."""
+    first = re.split(r"(?<=\.)\s|\n", text, maxsplit=1)[0].rstrip(".")
+    return (
+        f"{path} is not a readable Nima checkpoint (corrupt, truncated or not saved by Nima): "
+        f"{first[:200]}; use another checkpoint (with --resume: delete this one, the next newest is used)"
+    )
 
 
 def upgrade(ckpt: Any, path: str | Path = "checkpoint") -> dict[str, Any]:
@@ -96,15 +130,78 @@ def upgrade(ckpt: Any, path: str | Path = "checkpoint") -> dict[str, Any]:
     if newer and int(newer.group(1)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {found}, newer than this Nima reads ({FORMAT}); "
-            "upgrade Nima to load it"
+            "it was written by a newer Nima: upgrade Nima to load it"
         )
-    if found != FORMAT or "model" not in ckpt:
+    if found != FORMAT or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(
             f"{path} is not a Nima checkpoint (expected format {FORMAT!r}); "
             "only files saved by Nima's Trainer can be loaded"
         )
     return {**V1_DEFAULTS, **ckpt}
 
+
+class _ErrorKeepingWriter:
+    """A file handle for ``torch.save`` that keeps the first OSError of a write: torch's zip
+    writer turns it into a RuntimeError that no longer says why (``unexpected pos 704 vs 598``)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk, a file-size limit, a folder that cannot be
+    written): an OSError whose message names the file, the reason and what to do."""
+
+    def __str__(self) -> str:
+        reason = self.strerror or (str(self.args[0]) if self.args else "write failed")
+        if self.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            fix = "free disk space (or raise the file-size limit or quota) or choose another "
+        else:
+            fix = "choose a writable "
+        return (
+            f"{self.filename}: {reason} (errno {self.errno}); nothing was replaced, the checkpoints "
+            f"already written are intact; {fix}training.output_dir"
+        )
+
+
+def write_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save(state)`` to ``path`` atomically (see :func:`nima.files.atomic_write`).
+
+    A write that fails raises :class:`CheckpointWriteError` (an OSError) naming the file and the
+    reason; the file that was there before is untouched and no temporary file is left behind.
+    """
+    path = Path(path)
+
+    def write(handle: IO[bytes]) -> None:
+        keeper = _ErrorKeepingWriter(handle)
+        try:
+            torch.save(state, keeper)
+        except RuntimeError:
+            if keeper.error is not None:
+                raise keeper.error from None
+            raise
+
+    try:
+        return atomic_write(path, write)
+    except OSError as err:
+        raise CheckpointWriteError(err.errno, err.strerror or str(err), str(path)) from None
+
+
+def write_failed(path: str | Path, err: OSError) -> CheckpointError:
+    """The one-line CheckpointError for a checkpoint write that failed with ``err``."""
+    detail = str(err) if isinstance(err, CheckpointWriteError) else f"{path}: {err}"
+    return CheckpointError(f"cannot write checkpoint {detail}")
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -148,4 +245,7 @@ def save_model_checkpoint(model: torch.nn.Module, tokenizer: Any, path: str | Pa
         {**tokenizer.identity(), "path": str(tokenizer_path.resolve())},
         **extra,
     )
-    return atomic_save(state, path)
+    try:
+        return write_checkpoint_file(state, path)
+    except OSError as err:
+        raise write_failed(path, err) from None

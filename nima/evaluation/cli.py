@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from nima.cli import CommandParser
 from nima.errors import DataError
 from nima.evaluation.evaluate import evaluate_tokens
 from nima.inference.loading import LoadedModel, add_loading_options, load_for_inference, set_threads
@@ -28,7 +29,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="nima eval",
         description="Evaluate a checkpoint: loss, perplexity, bits per token / character / byte.",
         epilog=EXAMPLES,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from nima.cli import CommandParser
 from nima.errors import DataError, NimaError
 from nima.inference.generate import SamplingSettings, encode_prompt, stream_text
 from nima.inference.loading import (
@@ -33,7 +34,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="nima generate",
         description="Generate text from a trained checkpoint, streaming it to the terminal.",
         epilog=EXAMPLES,

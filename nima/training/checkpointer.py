@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from nima.checkpoint import (
-    atomic_save,
     capture_rng_state,
     clean_state_dict,
     gather_rank_rng_states,
@@ -31,6 +30,9 @@ from nima.checkpoint import (
     restore_rng_state,
     tokenizer_mismatches,
 )
+from nima.checkpoint.compat import data_mismatch
+from nima.checkpoint.format import write_checkpoint_file as atomic_save  # says why a write failed
+from nima.checkpoint.format import write_failed
 from nima.distributed.fsdp import full_state_dicts, load_full_model_state, load_full_optimizer_state
 from nima.errors import CheckpointError
 from nima.runtime import Runtime, is_sharded
@@ -107,10 +109,13 @@ class Checkpointer:
         if not self.runtime.is_main:
             return path
         state = self.state(gathered)
-        if self.async_write:
+        if self.async_write:  # a failed write is raised by the next save or by close()
             self.saver.submit(state, lambda snapshot: self._write(snapshot, path))
         else:
-            self._write(state, path)
+            try:
+                self._write(state, path)
+            except OSError as err:  # a full disk: one line naming the file; nothing was pruned
+                raise write_failed(path, err) from None
         return path
 
     def state(self, gathered: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -168,7 +173,7 @@ class Checkpointer:
         component and the random state) from ``path``; CheckpointError when it does not fit."""
         self.saver.wait()  # the file may be the one still being written
         ckpt = load_checkpoint_file(path, map_location="cpu")
-        self._check_fits(ckpt, path)
+        self._check_fits(ckpt, path, same_data=not weights_only_model)
         self._load_model(ckpt, path)
         if weights_only_model:
             return ckpt
@@ -179,17 +184,40 @@ class Checkpointer:
             if component is not None and ckpt.get(key):
                 component.load_state_dict(ckpt[key])
         self._restore_rng(ckpt, path)
+        saved, now = ckpt.get("precision"), self.runtime.precision.name
+        if saved and saved != now and self.runtime.is_main:
+            warnings.warn(
+                f"{path} was trained in {saved} and this run trains in {now}; set training.precision: "
+                f"{saved} to continue as it started",
+                stacklevel=3,
+            )
         return ckpt
 
-    def _check_fits(self, ckpt: dict[str, Any], path: str | Path) -> None:
+    def _check_fits(self, ckpt: dict[str, Any], path: str | Path, same_data: bool = True) -> None:
+        """CheckpointError unless the checkpoint fits: the same tokenizer and model architecture,
+        and (``same_data``: resuming, not starting from its weights) the same prepared data."""
         current = self.metadata()
+        diffs = tokenizer_mismatches(ckpt.get("tokenizer"), current.get("tokenizer"))
+        if diffs:
+            raise CheckpointError(
+                f"{path} was trained with a different tokenizer: {'; '.join(diffs)}; train on data "
+                "prepared with its tokenizer (data.tokenizer: the path of its tokenizer.json)"
+            )
         if ckpt.get("model_config") and current.get("model_config"):
             diffs = model_config_mismatches(ckpt["model_config"], current["model_config"])
             if diffs:
-                raise CheckpointError(f"{path} does not match this model: {'; '.join(diffs)}")
-        diffs = tokenizer_mismatches(ckpt.get("tokenizer"), current.get("tokenizer"))
-        if diffs:
-            raise CheckpointError(f"{path} was trained with a different tokenizer: {'; '.join(diffs)}")
+                raise CheckpointError(
+                    f"{path} does not match this model: {'; '.join(diffs)}; use the model settings it "
+                    "was trained with (or --init_from, which takes them from the checkpoint)"
+                )
+        if same_data:
+            now = {**(current.get("data_identity") or {}), "prepared_path": current.get("prepared_path")}
+            changed = data_mismatch(ckpt.get("data"), now)
+            if changed:
+                raise CheckpointError(
+                    f"{path} was trained on other data: {changed}; resume on the data it was trained "
+                    f"on, or start a new run from its weights with --init_from {path}"
+                )
 
     def _load_model(self, ckpt: dict[str, Any], path: str | Path) -> None:
         weights = clean_state_dict(ckpt["model"])

@@ -9,6 +9,7 @@ and prints a summary (and, for ``--quick_test``, a short sample).
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import textwrap
@@ -21,7 +22,7 @@ import torch
 from nima.checkpoint import newest_checkpoint
 from nima.cli import CommandParser
 from nima.config import RunConfig, known_keys, parse_overrides
-from nima.errors import ConfigError, DataError
+from nima.errors import CheckpointError, ConfigError, DataError
 from nima.files import atomic_write_json
 from nima.training.recipe import build_run
 from nima.training.results import TrainResults
@@ -150,18 +151,22 @@ def train_from_cli(
     checkpoint: str | Path | None = None,
     quick_test: bool = False,
     init_from: str | Path | None = None,
+    command: str | None = None,
 ) -> TrainResults:
     """Everything ``nima train`` does after parsing: build the run, train, write the results to
-    ``<output_dir>/results.json``, print the summary (and, for the quick test, a sample)."""
+    ``<output_dir>/results.json``, print the summary (and, for the quick test, a sample).
+    ``command``: the command line, recorded in ``<output_dir>/config.yaml``."""
     from nima.distributed import cleanup
 
     started = time.perf_counter()
     try:
-        built = build_run(run, checkpoint=checkpoint, init_from=init_from, allow_fallback=quick_test)
+        built = build_run(
+            run, checkpoint=checkpoint, init_from=init_from, allow_fallback=quick_test, command=command
+        )
         results = built.train()
         trainer = built.trainer
         if trainer.is_main:
-            atomic_write_json(Path(run.training.output_dir) / "results.json", dict(results))
+            write_results(Path(run.training.output_dir) / "results.json", results)
             _print_summary(results, time.perf_counter() - started)
             if quick_test and trainer.sharded:  # generating would need every rank's shards
                 print("sample: skipped (the model is sharded); run nima generate on the checkpoint")
@@ -170,6 +175,18 @@ def train_from_cli(
         return results
     finally:
         cleanup()
+
+
+def write_results(path: Path, results: TrainResults) -> None:
+    """``results.json``; a failed write (a full disk) is one CheckpointError line: the checkpoints
+    are already written."""
+    try:
+        atomic_write_json(path, dict(results))
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write {path}: {err.strerror or err}; the run's checkpoints are written "
+            f"({results.get('last_checkpoint') or 'none'}); free disk space"
+        ) from None
 
 
 def _print_summary(results: TrainResults, total_s: float) -> None:
@@ -204,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = newest_checkpoint(run.training.output_dir)
         if checkpoint is None:
             print(f"--resume: no checkpoint in {run.training.output_dir}/checkpoints yet; starting afresh")
-    results = train_from_cli(run, checkpoint=checkpoint, quick_test=args.quick_test, init_from=args.init_from)
+    command = shlex.join(["nima", "train", *argv])  # recorded in config.yaml, for report.md
+    results = train_from_cli(
+        run, checkpoint=checkpoint, quick_test=args.quick_test, init_from=args.init_from, command=command
+    )
     if results.get("stop_signal"):  # preempted: saved, and the exit status says why it stopped
         return 128 + signal.Signals[results["stop_signal"]].value
     return 0

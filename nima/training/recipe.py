@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import sysconfig
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nima.config import RunConfig
 from nima.distributed import init_distributed
 from nima.errors import ConfigError, DataError
 from nima.files import atomic_write_text
+from nima.reporting.runs import write_run_config
 from nima.runtime import Runtime, device_kind
 from nima.training import setup
 from nima.training.batch_fit import fit_batch
@@ -71,6 +74,7 @@ def build_run(
     init_from: str | Path | None = None,
     allow_fallback: bool = False,
     say: Say | None = None,
+    command: str | None = None,
 ) -> TrainingRun:
     """Everything ``nima train`` builds before its first step.
 
@@ -78,12 +82,16 @@ def build_run(
     weights, with its model config. With both, the fine-tuning run resumes from ``checkpoint``.
     ``allow_fallback``: train on standard-library sources if tiny Shakespeare cannot be had.
     ``say`` prints the data and vocabulary notes (rank 0 only; default ``print``).
+    The resolved config goes to ``<output_dir>/config.yaml`` (``command``, the command line that
+    ran it, in a comment) and to ``trainer.run_config``.
     """
     from nima.models import create_model
 
     training = config.training
     ctx = init_distributed(device_kind(training.device))
     say = (say or print) if ctx.is_main else (lambda *a, **k: None)
+    if ctx.is_main:  # before any work: a run that could not save would train for nothing
+        check_output_dir(training.output_dir)
     prepared = prepare_data_once_per_node(config, ctx, allow_fallback=allow_fallback, say=say)
     say(
         f"data: {prepared.path} ({prepared.meta.get('train_tokens', '?')} train tokens, "
@@ -97,8 +105,11 @@ def build_run(
     model = create_model(config.model)
     auto = training.batch_size == "auto"
     benchmark = setup.bf16_benchmark(model, None if auto else training.batch_size, config.model.max_seq_len)
+    precision = training.precision
+    if checkpoint:
+        precision = setup.resumed_precision(checkpoint, precision, training.device, say)
     runtime = Runtime.for_training(
-        training.device, training.precision, training.use_mixed_precision, bf16_benchmark=benchmark
+        training.device, precision, training.use_mixed_precision, bf16_benchmark=benchmark
     )
     if auto:
         config = fit_auto_batch(config, model, runtime, say)
@@ -112,11 +123,31 @@ def build_run(
         callbacks=callbacks,
         runtime=runtime,
     )
+    trainer.run_config = config  # the whole run, for loggers and reports
+    if trainer.is_main:
+        write_run_config(trainer.output_dir, config, command)
     if checkpoint:
         trainer.load_checkpoint(checkpoint)
     elif init_from:
         trainer.load_checkpoint(init_from, weights_only_model=True)
     return TrainingRun(config, prepared, trainer)
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """ConfigError unless the run can write under ``output_dir`` (its ``checkpoints/`` and ``logs/``
+    folders are created, and a file is written and removed in each): found now, not at the first
+    save, and not as a traceback."""
+    for folder in (Path(output_dir) / "checkpoints", Path(output_dir) / "logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename and str(err.filename) != str(folder) else ""
+            raise ConfigError(
+                f"training.output_dir {output_dir} cannot be written: {folder}: "
+                f"{err.strerror or err}{where}; choose a writable folder with --training.output_dir=DIR"
+            ) from None
 
 
 def fit_auto_batch(config: RunConfig, model: Any, runtime: Runtime, say: Say) -> RunConfig:
@@ -260,6 +291,8 @@ def build_loaders(run: RunConfig, prepared: Any, rank: int, world_size: int):
             f"the training split of {prepared.path} is shorter than one window of "
             f"model.max_seq_len={context} tokens; use a smaller max_seq_len or more text"
         )
+    for split, dataset in (("train", train_ds), ("val", val_ds)):
+        check_token_ids(dataset.tokens, prepared.path / f"{split}.bin", run.model.vocab_size)
     collator = DataCollator(prepared.tokenizer)
     workers = run.data.num_workers
     common = {
@@ -273,3 +306,17 @@ def build_loaders(run: RunConfig, prepared: Any, rank: int, world_size: int):
     train = create_dataloader(train_ds, run.training.batch_size, shuffle=True, **common)
     val = create_dataloader(val_ds, run.training.batch_size, shuffle=False, **common) if len(val_ds) else None
     return train, val
+
+
+def check_token_ids(tokens: np.ndarray, path: Path, vocab_size: int) -> None:
+    """DataError unless every id in ``tokens`` (a memory map of ``path``) is below ``vocab_size``:
+    an id the model has no embedding for would fail deep inside the first step that reads it."""
+    if len(tokens) == 0:
+        return
+    largest = int(np.max(tokens))
+    if largest >= vocab_size:
+        raise DataError(
+            f"{path} holds token id {largest}, but the vocabulary size is {vocab_size} "
+            f"(ids 0 to {vocab_size - 1}): the file was not written with this tokenizer; prepare the "
+            "data again (nima prepare --force, or delete the folder) or fix the tool that wrote it"
+        )

@@ -7,8 +7,11 @@ about the run) and the warnings for loaders that do not fit the config.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -96,8 +99,50 @@ def run_metadata(
         "model_config": model_config.to_dict() if hasattr(model_config, "to_dict") else None,
         "tokenizer": tokenizer_identity(tokenizer, dataset),
         "prepared_path": getattr(dataset, "prepared_path", None),
+        "data_identity": data_identity(dataset),
         "training_config": config.to_dict(),
     }
+
+
+# The identity of each dataset's prepared data, read once: what the run started on, even if the
+# folder is prepared anew while it trains (its memory map keeps reading the old files).
+_DATA_IDENTITIES: weakref.WeakKeyDictionary[Any, dict[str, Any] | None] = weakref.WeakKeyDictionary()
+
+
+def data_identity(dataset: Any) -> dict[str, Any] | None:
+    """``train_tokens``, ``val_tokens`` and ``sha256`` of the prepared data ``dataset`` reads, from
+    its ``meta.json`` (no token file is read): the sha256 covers the source text's sha256, the
+    tokenizer's, the token type and the counts, so data prepared from other text, or with other
+    settings, has another. None for data that is not a whole prepared split (an array, a slice)."""
+    try:
+        if dataset in _DATA_IDENTITIES:
+            return _DATA_IDENTITIES[dataset]
+    except TypeError:  # not weak-referenceable: read it every time
+        return _read_data_identity(dataset)
+    identity = _DATA_IDENTITIES[dataset] = _read_data_identity(dataset)
+    return identity
+
+
+def _read_data_identity(dataset: Any) -> dict[str, Any] | None:
+    prepared = getattr(dataset, "prepared_path", None)
+    if prepared is None:
+        return None
+    try:
+        meta = json.loads((Path(prepared) / "meta.json").read_text(encoding="utf-8"))
+        train, val = int(meta["train_tokens"]), int(meta["val_tokens"])
+        record = {
+            "source_sha256": meta["source"]["sha256"],
+            "tokenizer_sha256": meta["tokenizer"]["sha256"],
+            "dtype": meta["dtype"],
+            "train_tokens": train,
+            "val_tokens": val,
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if getattr(dataset, "num_tokens", None) not in (train, val):
+        return None  # a slice of the split, or other tokens: the record would not describe them
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
+    return {"train_tokens": train, "val_tokens": val, "sha256": digest}
 
 
 def tokenizer_identity(tokenizer: Any, dataset: Any) -> dict[str, Any] | None:
@@ -200,3 +245,22 @@ def largest_planned_batch(
             if plan.fits:
                 return micro
     return 1
+
+
+def resumed_precision(checkpoint: str | Path, requested: str, device: str, say: Callable[[str], Any]) -> str:
+    """The precision a resumed run trains in: with ``auto``, the checkpoint's, where this machine
+    runs it well (a run should not change precision half-way because a micro-benchmark answered
+    differently this time)."""
+    if requested != "auto":
+        return requested
+    from nima.checkpoint import load_checkpoint_file
+    from nima.runtime.device import device_kind
+    from nima.runtime.precision import cpu_has_bf16
+
+    saved = load_checkpoint_file(checkpoint, mmap=True).get("precision")
+    on_gpu = device_kind(device) == "cuda"
+    fast_here = {"fp32": True, "bf16": on_gpu or cpu_has_bf16(), "fp16": on_gpu}
+    if not fast_here.get(saved, False):
+        return requested
+    say(f"precision: {saved}, as the checkpoint was trained (training.precision: auto keeps it)")
+    return saved
