@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -70,11 +71,13 @@ class SteadyStateTimer:
         self.end: float | None = None
         self.overhead_at_start = 0.0
         self.overhead_s = 0.0
+        self.faults = 0
 
     def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         if self.start is None and trainer.step >= self.warmup:
             self.start, self.start_step = time.perf_counter(), trainer.step
             self.overhead_at_start = trainer.overhead_seconds
+            self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
         self.evals += 1
@@ -85,30 +88,23 @@ class SteadyStateTimer:
     def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
         self.end = time.perf_counter()
         self.overhead_s = trainer.overhead_seconds - self.overhead_at_start
+        self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults
 
 
 def run(steps: int, warmup: int, data_dir: str, output_dir: str, overrides: list[str]) -> dict[str, Any]:
     """Train ``steps`` steps at the reference shape; returns the steady-state figures."""
+    import torch
+
     from nima.config import RunConfig
-    from nima.models import create_model
-    from nima.training.cli import build_loaders, fit_vocab_size, prepare_data
-    from nima.training.trainer import Trainer
+    from nima.training.recipe import build_run
 
     raw = {section: dict(values) for section, values in REFERENCE_SHAPE.items()}
     raw["training"].update(max_steps=steps, output_dir=output_dir)
     raw["data"]["data_dir"] = data_dir
     run_config = RunConfig.from_dict(raw, source="reference shape", overrides=overrides)
-    prepared = prepare_data(run_config, allow_fallback=False)
-    run_config = fit_vocab_size(run_config, prepared.tokenizer)
-    train_loader, val_loader = build_loaders(run_config, prepared, rank=0, world_size=1)
-    import torch
-
-    torch.manual_seed(run_config.training.seed)
-    model = create_model(run_config.model)
     timer = SteadyStateTimer(warmup)
-    trainer = Trainer(
-        model, run_config.training, train_loader, val_loader, tokenizer=prepared.tokenizer, callbacks=[timer]
-    )
+    built = build_run(run_config, callbacks=[timer])  # what `nima train` builds, same data and model
+    trainer = built.trainer
     results = trainer.train()
     if timer.start is None or timer.end is None:
         raise SystemExit(f"--steps {steps} is too short for a warm-up of {warmup} steps")
@@ -128,6 +124,9 @@ def run(steps: int, warmup: int, data_dir: str, output_dir: str, overrides: list
         "val_loss": results["final_val_loss"],
         "precision": results["precision"],
         "threads": torch.get_num_threads(),
+        # Minor page faults per timed step (evaluation and checkpoints included): memory the
+        # allocator handed back to the system and maps in again.
+        "page_faults_per_step": timer.faults / max(1, timed_steps),
     }
 
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -185,8 +184,8 @@ class Sides:
             f"--training.output_dir={out_dir}",
             *overrides,
         ]
-        wall, train_out = _run(cmd, self.env, self._log("nima_quality"))
-        trained = parse_train_summary(train_out)
+        wall, _ = _run(cmd, self.env, self._log("nima_quality"))
+        trained = read_train_results(out_dir)
         checkpoints = sorted(
             (out_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])
         )
@@ -214,22 +213,18 @@ class Sides:
         }
 
 
-_DONE = re.compile(
-    r"done: (?P<steps>[\d,]+) steps, (?P<tokens>[\d,]+) tokens in (?P<wall>[\d.]+)s "
-    r"\((?P<tps>[\d,.]+) tok/s training\)"
-)
-
-
-def parse_train_summary(stdout: str) -> dict[str, float]:
-    """The figures of the ``done: ...`` line that ``nima train`` prints at the end."""
-    match = _DONE.search(stdout)
-    if match is None:
-        raise SystemExit("no 'done: ...' summary line in the training output")
+def read_train_results(output_dir: Path) -> dict[str, float]:
+    """The figures that ``nima train`` wrote to ``<output_dir>/results.json`` (its TrainResults)."""
+    path = Path(output_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"no readable results.json from the training run: {err}") from None
     return {
-        "steps": int(match["steps"].replace(",", "")),
-        "tokens": int(match["tokens"].replace(",", "")),
-        "wall_s": float(match["wall"]),
-        "train_tokens_per_s": float(match["tps"].replace(",", "")),
+        "steps": int(results["steps"]),
+        "tokens": int(results["tokens"]),
+        "wall_s": float(results["wall_time_s"]),
+        "train_tokens_per_s": float(results["train_tokens_per_s"]),
     }
 
 
@@ -268,7 +263,8 @@ def throughput(sides: Sides, rounds: int, steps: int, options: list[str]) -> dic
                 got[side] = figures["tokens_per_s"]
                 extra = (
                     f"evals {figures['evals']}, saves {figures['saves']}, evaluation + checkpoints "
-                    f"{100 * figures['overhead_share']:.1f}% of its time"
+                    f"{100 * figures['overhead_share']:.1f}% of its time, "
+                    f"{figures.get('page_faults_per_step', float('nan')):.0f} page faults per step"
                 )
                 shares.append(figures["overhead_share"])
                 loop_only = figures["train_tokens_per_s"]

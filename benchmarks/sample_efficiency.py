@@ -53,9 +53,7 @@ def curve(
     if threads:
         torch.set_num_threads(threads)
     from nima.config import RunConfig
-    from nima.models import create_model
-    from nima.training.cli import build_loaders, fit_vocab_size, prepare_data
-    from nima.training.trainer import Trainer
+    from nima.training.recipe import build_run
 
     forced = [
         f"--training.eval_every={eval_every}",
@@ -70,11 +68,6 @@ def curve(
     if max_steps:
         forced.append(f"--training.max_steps={max_steps}")
     run = RunConfig.from_yaml(config, overrides=[*overrides, *forced])
-    prepared = prepare_data(run, allow_fallback=False, say=lambda *a, **k: None)
-    run = fit_vocab_size(run, prepared.tokenizer, say=lambda *a, **k: None)
-    train_loader, val_loader = build_loaders(run, prepared, 0, 1)
-    torch.manual_seed(run.training.seed)
-    model = create_model(run.model)
     points: list[dict[str, float]] = []
 
     class Record:
@@ -88,8 +81,9 @@ def curve(
 
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        trainer = Trainer(model, run.training, train_loader, val_loader, callbacks=[Record()])
-        results = trainer.train()
+        built = build_run(run, callbacks=[Record()], say=lambda *a, **k: None)
+        results = built.train()
+    model = built.trainer.raw_model
     return {
         "recipe": " ".join([config, *overrides]),
         "points": points,

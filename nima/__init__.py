@@ -30,10 +30,15 @@ def check_torch_version(version: str | None = None) -> None:
     """Raise :class:`TorchVersionError` unless ``version`` (default: the installed torch's) is at
     least :data:`MIN_TORCH`. Local and pre-release tags (``2.10.0+cu126``, ``2.11.0a0``) count as
     their release."""
-    if version is None:
-        import torch
+    if version is None and "torch" in sys.modules:
+        version = str(sys.modules["torch"].__version__)
+    elif version is None:  # the installed distribution's version, without importing torch (light
+        from importlib import metadata  # commands such as nima prepare never load it)
 
-        version = str(torch.__version__)
+        try:
+            version = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            return  # importing torch will say it is missing
     found = re.match(r"\s*(\d+)\.(\d+)", str(version))
     if found and (int(found.group(1)), int(found.group(2))) >= MIN_TORCH:
         return

@@ -201,3 +201,30 @@ def test_checkpoint_stall_benchmark_tiny():
     assert [x.get("mode") for x in lines[:2]] == ["sync", "async"]
     assert lines[0]["checkpoint_mb"] == pytest.approx(lines[1]["checkpoint_mb"], abs=0.01)  # ties kept
     assert "stall_ratio_sync_vs_async" in lines[2]
+
+
+TINY_LOOP = ["--steps", "3", "--warmup", "2", "--threads", "1"]
+
+
+def test_loop_overhead_tiny_run_prints_the_ratio(session_data_dir, capsys):
+    bench = _load("loop_overhead")
+    assert bench.main(["--rounds", "2", *TINY_LOOP, "--data_dir", str(session_data_dir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert [r.split("(")[1].split(",")[0] for r in rounds] == ["bare first", "trainer first"]  # alternating
+    result = json.loads(lines[-1])
+    ratio = result["speed_ratio_trainer_vs_bare"]
+    assert ratio["n"] == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert result["bare_ms_per_step"]["median"] > 0 and result["trainer_ms_per_step"]["median"] > 0
+    assert set(result["page_faults_per_step"]) == {"bare", "trainer"}
+    assert result["steps"] == 3 and result["rounds"] == 2
+
+
+def test_loop_overhead_profile_lists_the_loop_outside_the_model(session_data_dir, capsys):
+    bench = _load("loop_overhead")
+    assert bench.main(["--profile", *TINY_LOOP, "--data_dir", str(session_data_dir)]) == 0
+    out = capsys.readouterr().out
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert 0 < figures["loop_ms_per_step"] < figures["profile_ms_per_step"]
+    assert "outside the model, clipping and optimizer math" in out
+    assert "nima/models/" not in out  # the model's own code is left out of the listing

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 from nima.checkpoint import newest_checkpoint
 from nima.distributed import all_reduce_sum
 from nima.errors import TrainingDivergedError
+from nima.runtime.memory import _status_bytes
 from nima.training.config import TrainingConfig
 from nima.training.mfu import mfu
 
@@ -43,6 +44,12 @@ class StepReport:
     tokens_per_s: float
     grad_norm: float | None = None
     mfu: float | None = None
+    tokens: int | None = None
+    """Training tokens seen so far (all processes; resumed runs count the earlier ones)."""
+    time_s: float | None = None
+    """Seconds since this ``train()`` call started."""
+    memory_gib: float | None = None
+    """Peak memory so far (see :func:`peak_memory_gib`)."""
 
     def as_record(self, lr: float, epoch: int) -> dict[str, float]:
         """The log record of this step, with the learning rate and epoch it was taken at."""
@@ -51,18 +58,37 @@ class StepReport:
             out["grad_norm"] = self.grad_norm
         if self.mfu is not None:
             out["mfu"] = self.mfu
+        for name in ("tokens", "time_s", "memory_gib"):  # the x axes of plots, and memory
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
+
+
+def peak_memory_gib(device: torch.device | None) -> float | None:
+    """Peak memory of this process so far, in GiB: the CUDA allocator's peak on a GPU, else the
+    resident set's high-water mark (Linux; None elsewhere)."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024**3
+    peak = _status_bytes("VmHWM")
+    return None if peak is None else peak / 1024**3
 
 
 class Meter:
     """Counts tokens, steps and seconds of one ``train()`` call."""
 
     def __init__(
-        self, flops_per_token: float | None = None, peak_flops: float | None = None, world_size: int = 1
+        self,
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
+        world_size: int = 1,
+        device: torch.device | None = None,
+        tokens_seen: Callable[[], int] | None = None,
     ) -> None:
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
         self.world_size = world_size
+        self.device = device  # for the peak memory in each report
+        self.tokens_seen = tokens_seen  # all tokens so far (resumes included); default: this call's
         self.start()
 
     def start(self) -> None:
@@ -104,7 +130,9 @@ class Meter:
         loss = self._mean_loss()
         if loss is not None:
             self.last_loss = loss
-        report = StepReport(loss, tokens_per_s)
+        tokens = self.tokens_seen() if self.tokens_seen is not None else self.tokens
+        report = StepReport(loss, tokens_per_s, tokens=tokens, time_s=now - self.run_started)
+        report.memory_gib = peak_memory_gib(self.device)
         if self._grad_norm is not None:
             report.grad_norm = float(self._grad_norm)
         if self.flops_per_token and self.peak_flops:

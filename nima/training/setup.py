@@ -115,12 +115,11 @@ def data_identity(dataset: Any) -> dict[str, Any] | None:
     tokenizer's, the token type and the counts, so data prepared from other text, or with other
     settings, has another. None for data that is not a whole prepared split (an array, a slice)."""
     try:
-        if dataset in _DATA_IDENTITIES:
-            return _DATA_IDENTITIES[dataset]
-    except TypeError:  # not weak-referenceable: read it every time
+        if dataset not in _DATA_IDENTITIES:
+            _DATA_IDENTITIES[dataset] = _read_data_identity(dataset)
+        return _DATA_IDENTITIES[dataset]
+    except TypeError:  # not weak-referenceable (None, a list): read it every time
         return _read_data_identity(dataset)
-    identity = _DATA_IDENTITIES[dataset] = _read_data_identity(dataset)
-    return identity
 
 
 def _read_data_identity(dataset: Any) -> dict[str, Any] | None:

@@ -6,7 +6,10 @@ is computed only when clipping or a logging step needs it.
 
 from __future__ import annotations
 
+import ctypes
 import inspect
+import os
+import sys
 from typing import Any
 
 import torch
@@ -39,6 +42,7 @@ class TrainStep:
         needs_scaler = runtime.precision.needs_grad_scaler
         self.scaler = torch.amp.GradScaler(runtime.device.type) if needs_scaler else None
         self._non_blocking = runtime.device.type == "cuda"
+        keep_freed_memory()
         # Training never needs the logits: the model may then compute the loss in chunks, never
         # holding (B, T, vocab) logits at long contexts (see GPT.forward).
         self._loss_only = {"return_logits": False} if _accepts_return_logits(model) else {}
@@ -115,3 +119,36 @@ def _accepts_return_logits(model: nn.Module) -> bool:
         return "return_logits" in inspect.signature(unwrap_model(model).forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+# glibc serves blocks over M_MMAP_THRESHOLD with fresh mappings and hands the top of its heap back
+# to the system once more than M_TRIM_THRESHOLD is free there. Both start at 128 KiB and grow only
+# after the process happens to free a large block. A training step frees and allocates again the
+# same activations and gradients (hundreds of KiB to a few MiB each), so with the start-up values
+# every step maps them in afresh: 500-1,300 page faults, 1-3 ms per step at the reference shape
+# (benchmarks/loop_overhead.py; the textbook loop in its own process had about 1). These are
+# glibc's own ceilings for its adaptive thresholds.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+_MMAP_THRESHOLD = 32 << 20
+_TRIM_THRESHOLD = 64 << 20
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep the memory a step frees for the next step instead of returning it to the
+    system (once per process; Linux with glibc only, and not when the environment already tunes
+    malloc). Returns whether the thresholds are set."""
+    global _kept
+    if _kept or not sys.platform.startswith("linux") or any(k in os.environ for k in _MALLOC_ENV):
+        return _kept
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl's mallopt does nothing)
+        # mallopt returns 1 on success; setting either also stops glibc's own adjustments.
+        _kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        )
+    except (OSError, AttributeError):
+        pass
+    return _kept

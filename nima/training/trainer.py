@@ -32,6 +32,7 @@ from nima.training.checkpointer import Checkpointer
 from nima.training.config import TrainingConfig
 from nima.training.console import make_progress, start_lines
 from nima.training.cursor import DataCursor, Window
+from nima.training.loggers import monitoring_callbacks
 from nima.training.meter import Meter, diverged_error
 from nima.training.mfu import peak_flops_for
 from nima.training.optimizers import get_optimizer
@@ -128,7 +129,9 @@ class Trainer:
         flops = getattr(self.raw_model, "estimate_flops_per_token", None)
         self.flops_per_token = float(flops(self.seq_len)) if callable(flops) and self.seq_len else None
         self.peak_flops = peak_flops_for(self.device, self.precision.name, config.peak_flops)
-        self.meter = Meter(self.flops_per_token, self.peak_flops, self.dist.world_size)
+        self.meter = Meter(
+            self.flops_per_token, self.peak_flops, self.dist.world_size, self.device, lambda: self.tokens_seen
+        )
         self.validator = Validator(
             self.raw_model, eval_dataloader, self.runtime, config.eval_every, config.eval_batches
         )
@@ -137,6 +140,7 @@ class Trainer:
         self.log_dir = self.output_dir / "logs"
         self.metrics = MetricsTracker(self.log_dir if self.is_main else None)
         self.callbacks: list[Any] = list(callbacks or [])
+        self.callbacks += monitoring_callbacks(config, self.callbacks)  # report_to, loss.png, report.md
         self.early_stopping = self._early_stopping()
         self.checkpointer = self._make_checkpointer()
         self.step = 0
