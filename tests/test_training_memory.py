@@ -70,6 +70,7 @@ def test_attention_dropout_on_cpu_is_the_quadratic_path_the_plan_counts() -> Non
 def test_the_plans_memory_per_sequence_is_within_a_quarter_of_measured_steps() -> None:
     # What grows with the batch (activations, logits) is what decides whether a run fits; the
     # fixed part (weights, optimizer, workspace) is checked at real sizes by benchmarks/memory.py.
+    # At this size the activations live in glibc's heap, whose slack the plan counts.
     config = ModelConfig(vocab_size=65, d_model=256, n_heads=4, n_layers=4, max_seq_len=512)
 
     def measured(batch: int) -> int:
@@ -92,6 +93,7 @@ def test_the_plans_memory_per_sequence_is_within_a_quarter_of_measured_steps() -
     def planned(batch: int) -> int:
         return estimate_training_memory(config, batch, 512, loss_chunk_rows=LOSS_CHUNK_ROWS).total
 
+    measured(2)  # the process's first step also pays one-time costs (thread pools, kernel caches)
     measured_per_sequence = (measured(8) - measured(2)) / 6
     planned_per_sequence = (planned(8) - planned(2)) / 6
     assert 0.75 < planned_per_sequence / measured_per_sequence < 1.25, (
