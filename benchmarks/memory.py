@@ -64,7 +64,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         scheduler = get_scheduler(optimizer, "constant", num_training_steps=2)
         step = TrainStep(model, optimizer, scheduler, runtime, 1.0, list(model.parameters()))
         for _ in range(2):
-            loss, _ = step([{"input_ids": ids, "labels": ids}])
+            loss = step([{"input_ids": ids, "labels": ids}]).loss
         float(loss)
 
     peak = measure_peak(two_steps, device)

@@ -20,13 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import model_args
+from tiny import model_args, model_config
 
 from nima.checkpoint import load_checkpoint_file
 from nima.checkpoint.compat import data_mismatch
 from nima.cli import main as nima
 from nima.data import prepare
+from nima.errors import ConfigError
 from nima.files import sha256_file
+from nima.models import create_model
+from nima.training import Trainer, TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -170,6 +173,25 @@ def test_an_output_folder_that_cannot_be_written(where, tmp_path, session_data_d
     line = assert_refused(result, f"error: training.output_dir {output_dir} cannot be written: ")
     assert "Not a directory" in line and "--training.output_dir" in line
     assert "data:" not in result[1]  # refused before anything else was done
+    assert blocker.read_text(encoding="utf-8") == "a file\n"
+
+
+def test_a_trainer_built_from_python_checks_its_output_folder_first(tmp_path: Path) -> None:
+    # As the command line does: found when the Trainer is built, not at the first save. (Tests
+    # run as root, which ignores permission bits: a path through a regular file cannot be written.)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="training.output_dir .* cannot be written: .*Not a directory"):
+        Trainer(
+            create_model(model_config(65)),
+            TrainingConfig(output_dir=str(blocker / "out")),
+            [
+                {
+                    "input_ids": torch.zeros(2, 8, dtype=torch.long),
+                    "labels": torch.zeros(2, 8, dtype=torch.long),
+                }
+            ],
+        )
     assert blocker.read_text(encoding="utf-8") == "a file\n"
 
 

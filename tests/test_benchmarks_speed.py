@@ -228,3 +228,12 @@ def test_loop_overhead_profile_lists_the_loop_outside_the_model(session_data_dir
     assert 0 < figures["loop_ms_per_step"] < figures["profile_ms_per_step"]
     assert "outside the model, clipping and optimizer math" in out
     assert "nima/models/" not in out  # the model's own code is left out of the listing
+
+
+def test_memory_benchmark_measures_its_quick_configurations():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "memory.py"), "--quick"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert rows and all("error" not in row and row["measured_mib"] > 0 for row in rows), rows

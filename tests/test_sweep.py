@@ -267,7 +267,7 @@ def test_diverging_trials_are_pruned_with_their_reason(tmp_path: Path):
     assert [t.state.name for t in result.study.trials] == ["PRUNED", "PRUNED"]  # and the sweep went on
     for trial in result.study.trials:
         assert trial.user_attrs["reason"].startswith(
-            "diverged: training diverged: the loss became nan or inf"
+            "diverged: training diverged: the loss or its gradients became nan or inf"
         )
     assert any(line.startswith("trial 1: pruned: training diverged") for line in lines), lines
     assert result.best_trial is None and result.best_config_path is None

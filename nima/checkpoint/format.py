@@ -212,7 +212,6 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-
 def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the GPT saved in a checkpoint: returns ``(model in eval mode on device, checkpoint dict)``."""
     from nima.models import ModelConfig, create_model
@@ -228,7 +227,6 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
             f"{path}: weights do not fit the saved model config: {str(err).splitlines()[0][:200]}"
         ) from None
     return model.to(device).eval(), ckpt
-
 
 
 def save_model_checkpoint(model: torch.nn.Module, tokenizer: Any, path: str | Path, **extra: Any) -> Path:

@@ -25,7 +25,6 @@ from nima.files import atomic_write
 PARTIAL_STALE_AFTER_S = 24 * 3600
 
 
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, rename, folder fsync)."""
     return atomic_write(path, lambda handle: torch.save(obj, handle))

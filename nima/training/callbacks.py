@@ -219,13 +219,17 @@ class ProgressPrinter(Callback):
         self.epoch_lines = epoch_lines
 
     def _selected(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        metrics = {k: _number(v) for k, v in metrics.items()}
+        metrics = {k: _number(v) for k, v in metrics.items() if v is not None}
         if "perplexity" not in metrics and isinstance(metrics.get("loss"), (int, float)):
             metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
         names = (
             self.metrics_to_track
             if self.metrics_to_track is not None
-            else [k for k in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s") if k in metrics]
+            else [
+                k
+                for k in ("loss", "val_loss", "lr", "grad_norm", "skipped_steps", "tokens_per_s")
+                if k in metrics
+            ]
         )
         return {k: metrics[k] for k in names if k in metrics}
 

@@ -57,6 +57,7 @@ QUICK_TEST: dict[str, dict[str, Any]] = {
     "data": {"dataset": "tiny_shakespeare", "tokenizer": "char"},
 }
 
+
 def build_parser() -> argparse.ArgumentParser:
     keys = known_keys()
     lines = [

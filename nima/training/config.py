@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from nima.config_fields import ConfigSection, check_types, suggest
 from nima.distributed import STRATEGIES
+from nima.training.guard import ON_NONFINITE
 
 SCHEDULERS = ("cosine", "linear", "constant", "cosine_restarts")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adamw_scale")
@@ -55,6 +56,12 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
     """Decoupled weight decay for matrices (never biases, norms or embeddings)."""
     gradient_clip: float | None = 1.0
     """Clip the global gradient norm to this value; null or 0 disables clipping."""
+    on_nonfinite: str = "stop"
+    """A step whose gradients are nan or inf is never applied; then stop (the run ends with
+    "training diverged" at the next logging step, saving nothing) or skip (go on; skipped steps
+    are logged as skipped_steps)."""
+    max_consecutive_skips: int = 10
+    """With on_nonfinite: skip, stop after this many non-finite steps in a row."""
     lr_scheduler_type: str = "cosine"
     """One of cosine, linear, constant, cosine_restarts (all after warmup)."""
     min_lr: float = 0.0
@@ -131,6 +138,7 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
         if self.batch_size != "auto":
             need(">= 1", "batch_size")
         need(">= 1", "eval_batches", "log_every", "keep_last_checkpoints", "early_stopping_patience")
+        need(">= 1", "max_consecutive_skips")
         need(">= 0", "warmup_steps", "weight_decay", "gradient_clip", "min_lr", "eval_every", "save_every")
         need(">= 0", "early_stopping_min_delta")
         need("> 0", "learning_rate", "eps", "peak_flops")
@@ -141,6 +149,7 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
         need.one_of("lr_scheduler_type", SCHEDULERS)
         need.one_of("optimizer_type", OPTIMIZERS)
         need.one_of("precision", PRECISIONS)
+        need.one_of("on_nonfinite", ON_NONFINITE)
         need.one_of("distributed_strategy", STRATEGIES)
         if isinstance(self.report_to, str):  # report_to: wandb (or "tensorboard,wandb")
             self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]

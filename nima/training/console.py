@@ -42,9 +42,7 @@ def start_lines(
 ) -> list[str]:
     """What the run says when it starts: size, device, precision (and why), the memory plan,
     what the validation loss covers, resume point."""
-    where = f"{runtime.device}" + (
-        f" x {runtime.dist.world_size} processes" if runtime.dist.enabled else ""
-    )
+    where = f"{runtime.device}" + (f" x {runtime.dist.world_size} processes" if runtime.dist.enabled else "")
     lines = [f"training {n_params / 1e6:.2f}M parameters on {where}; {runtime.precision.describe()}"]
     if memory_plan is not None:
         lines.append(memory_plan.describe())

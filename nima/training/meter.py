@@ -1,5 +1,5 @@
 """The meter: throughput, MFU, the loss between logging steps, time spent outside training steps,
-and the check that the loss is still finite.
+and the numeric checks (the loss is finite; non-finite steps counted by the guard).
 
 Losses stay on the device as a running sum and are read once per logging step (one host sync).
 Time spent evaluating and saving is *overhead*: it is left out of tokens/s, so that the figure
@@ -22,7 +22,9 @@ from nima.distributed import all_reduce_sum
 from nima.errors import TrainingDivergedError
 from nima.runtime.memory import _status_bytes
 from nima.training.config import TrainingConfig
+from nima.training.guard import GuardReport, NonfiniteGuard
 from nima.training.mfu import mfu
+from nima.training.step import StepOutput
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Interval:
     tokens: int = 0
     steps: int = 0
     loss_sum: torch.Tensor | None = None
+    nonfinite: torch.Tensor | None = None
+    """How many of the steps were skipped as non-finite (their loss is left out of the mean)."""
 
 
 @dataclass
@@ -50,6 +54,8 @@ class StepReport:
     """Seconds since this ``train()`` call started."""
     memory_gib: float | None = None
     """Peak memory so far (see :func:`peak_memory_gib`)."""
+    skipped_steps: int = 0
+    """Optimizer steps skipped since the last report (nan/inf gradients, fp16 overflows)."""
 
     def as_record(self, lr: float, epoch: int) -> dict[str, float]:
         """The log record of this step, with the learning rate and epoch it was taken at."""
@@ -61,7 +67,13 @@ class StepReport:
         for name in ("tokens", "time_s", "memory_gib"):  # the x axes of plots, and memory
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.skipped_steps:
+            out["skipped_steps"] = self.skipped_steps
         return out
+
+
+def _running(total: torch.Tensor | None, value: torch.Tensor, op: Callable) -> torch.Tensor:
+    return value if total is None else op(total, value)
 
 
 def peak_memory_gib(device: torch.device | None) -> float | None:
@@ -99,15 +111,24 @@ class Meter:
         self.interval = Interval()
         self.last_loss: float | None = None
         self._grad_norm: torch.Tensor | None = None
+        self.guard = NonfiniteGuard(self.device or torch.device("cpu"))
+        self.skipped_steps = 0  # in this train() call
+        self._skipped_unreported = 0
 
-    def record(self, loss: torch.Tensor, tokens: int, grad_norm: torch.Tensor | None) -> None:
-        """One optimizer step's loss (a device tensor), tokens and gradient norm; no host sync."""
+    def record(self, output: StepOutput, tokens: int, step: int) -> None:
+        """Optimizer step number ``step``: its loss, gradient norm and nan/inf flag (device
+        tensors), and its tokens; no host sync. A skipped step's loss is left out of the mean."""
         interval = self.interval
-        interval.loss_sum = loss if interval.loss_sum is None else interval.loss_sum + loss
+        applied = torch.where(output.nonfinite, torch.zeros_like(output.loss), output.loss)
+        interval.loss_sum = _running(interval.loss_sum, applied, torch.add)
+        interval.nonfinite = _running(interval.nonfinite, output.nonfinite.to(torch.int64), torch.add)
         interval.steps += 1
         interval.tokens += tokens
         self.tokens += tokens
-        self._grad_norm = grad_norm
+        self._grad_norm = output.grad_norm
+        self.guard.record(output.nonfinite, step)
+        if output.overflow:
+            self.guard.record_overflow()
 
     @contextlib.contextmanager
     def overhead(self) -> Iterator[None]:
@@ -133,6 +154,7 @@ class Meter:
         tokens = self.tokens_seen() if self.tokens_seen is not None else self.tokens
         report = StepReport(loss, tokens_per_s, tokens=tokens, time_s=now - self.run_started)
         report.memory_gib = peak_memory_gib(self.device)
+        report.skipped_steps, self._skipped_unreported = self._skipped_unreported, 0
         if self._grad_norm is not None:
             report.grad_norm = float(self._grad_norm)
         if self.flops_per_token and self.peak_flops:
@@ -142,21 +164,28 @@ class Meter:
 
     def _mean_loss(self) -> float | None:
         interval = self.interval
-        return None if interval.loss_sum is None else float(interval.loss_sum) / max(1, interval.steps)
+        if interval.loss_sum is None:
+            return None
+        applied = interval.steps - (int(interval.nonfinite) if interval.nonfinite is not None else 0)
+        return float(interval.loss_sum) / applied if applied else None
 
     def final_loss(self) -> float | None:
         """The last logged training loss, or the mean of the steps since (when none was logged)."""
         return self.last_loss if self.last_loss is not None else self._mean_loss()
 
-    def loss_is_finite(self, device: torch.device, distributed: bool) -> bool:
-        """Whether the loss since the last check is finite on every process (a collective under
-        torchrun: every process calls it at the same step)."""
+    def check_numerics(self, device: torch.device, distributed: bool) -> tuple[bool, GuardReport]:
+        """Whether the loss of the steps applied since the last check is finite on every process
+        (a collective under torchrun: every process calls it at the same step), and what the
+        guard counted (the skipped steps, whose loss is left out)."""
         loss_sum = self.interval.loss_sum
         diverged = loss_sum is not None and not math.isfinite(float(loss_sum))
         if distributed:
             flag = torch.tensor(float(diverged), device=device)
             diverged = bool(all_reduce_sum(flag).item())
-        return not diverged
+        guard = self.guard.read()
+        self.skipped_steps += guard.skipped_steps
+        self._skipped_unreported += guard.skipped_steps
+        return not diverged, guard
 
     @property
     def wall_s(self) -> float:
@@ -169,14 +198,33 @@ class Meter:
 
 
 def diverged_error(
-    last_finite_step: int, step: int, output_dir: str | Path, config: TrainingConfig
+    last_finite_step: int,
+    step: int,
+    output_dir: str | Path,
+    config: TrainingConfig,
+    guard: GuardReport | None = None,
+    loss_finite: bool = False,
 ) -> TrainingDivergedError:
-    """The error that stops a run whose loss became nan or inf, with how to go on."""
+    """The error that stops a run whose loss or gradients became nan or inf, with how to go on."""
     last = newest_checkpoint(output_dir)
     resume = f"resume from {last}" if last else "start again"
     clip = "" if config.gradient_clip else ", training.gradient_clip: 1.0"
+    lr = config.learning_rate
+    fixes = f"{resume} with a lower training.learning_rate (now {lr:g}){clip} or more warmup_steps"
+    if not loss_finite:
+        what = f"the loss became nan or inf between steps {last_finite_step} and {step}"
+    elif guard is not None and guard.longest_run >= config.max_consecutive_skips:
+        what = (
+            f"{guard.longest_run} steps in a row up to step {step} had nan or inf gradients "
+            f"(training.max_consecutive_skips: {config.max_consecutive_skips}; none of them was applied)"
+        )
+    else:
+        first = guard.first_nonfinite_step if guard is not None else step
+        what = (
+            f"the loss or its gradients became nan or inf between steps {last_finite_step} and "
+            f"{step} (first at step {first}, whose update was skipped; training.on_nonfinite: skip "
+            f"goes on without such steps)"
+        )
     return TrainingDivergedError(
-        f"training diverged: the loss became nan or inf between steps {last_finite_step} and "
-        f"{step}, and nothing was saved after step {last_finite_step}; {resume} with a "
-        f"lower training.learning_rate (now {config.learning_rate:g}){clip} or more warmup_steps"
+        f"training diverged: {what}, and nothing was saved after step {last_finite_step}; {fixes}"
     )

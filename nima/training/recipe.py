@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import sysconfig
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +90,7 @@ def build_run(
     ctx = init_distributed(device_kind(training.device))
     say = (say or print) if ctx.is_main else (lambda *a, **k: None)
     if ctx.is_main:  # before any work: a run that could not save would train for nothing
-        check_output_dir(training.output_dir)
+        setup.check_output_dir(training.output_dir)
     prepared = prepare_data_once_per_node(config, ctx, allow_fallback=allow_fallback, say=say)
     say(
         f"data: {prepared.path} ({prepared.meta.get('train_tokens', '?')} train tokens, "
@@ -131,23 +130,6 @@ def build_run(
     elif init_from:
         trainer.load_checkpoint(init_from, weights_only_model=True)
     return TrainingRun(config, prepared, trainer)
-
-
-def check_output_dir(output_dir: str | Path) -> None:
-    """ConfigError unless the run can write under ``output_dir`` (its ``checkpoints/`` and ``logs/``
-    folders are created, and a file is written and removed in each): found now, not at the first
-    save, and not as a traceback."""
-    for folder in (Path(output_dir) / "checkpoints", Path(output_dir) / "logs"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as err:
-            where = f" ({err.filename})" if err.filename and str(err.filename) != str(folder) else ""
-            raise ConfigError(
-                f"training.output_dir {output_dir} cannot be written: {folder}: "
-                f"{err.strerror or err}{where}; choose a writable folder with --training.output_dir=DIR"
-            ) from None
 
 
 def fit_auto_batch(config: RunConfig, model: Any, runtime: Runtime, say: Say) -> RunConfig:

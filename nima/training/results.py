@@ -38,6 +38,8 @@ class TrainResults(Mapping[str, Any]):
     output_dir: str
     stop_signal: str | None
     """``SIGTERM`` or ``SIGINT`` when a signal stopped the run (it saved; resume from it)."""
+    skipped_steps: int = 0
+    """Optimizer steps not applied: nan/inf gradients (``on_nonfinite: skip``), fp16 overflows."""
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._names():

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import tempfile
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
@@ -25,6 +26,8 @@ from nima.models import LOSS_CHUNK_ROWS, ModelConfig
 from nima.runtime import Runtime, bf16_faster_on_cpu
 from nima.runtime.memory import MemoryPlan, available_memory, estimate_training_memory
 from nima.training.config import TrainingConfig
+from nima.training.optimizers import get_optimizer
+from nima.training.schedulers import get_scheduler
 
 
 def batch_shape(loader: Iterable, model: nn.Module) -> tuple[int | None, int | None]:
@@ -263,3 +266,47 @@ def resumed_precision(checkpoint: str | Path, requested: str, device: str, say: 
         return requested
     say(f"precision: {saved}, as the checkpoint was trained (training.precision: auto keeps it)")
     return saved
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` asks for (``optimizer_type`` and its settings)."""
+    return get_optimizer(
+        model,
+        config.optimizer_type,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        betas=config.betas,
+        eps=config.eps,
+        momentum=config.momentum,
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule ``config`` asks for, over ``total_steps`` optimizer steps."""
+    return get_scheduler(
+        optimizer,
+        config.lr_scheduler_type,
+        num_training_steps=total_steps,
+        num_warmup_steps=config.warmup_steps,
+        min_lr=config.min_lr,
+        num_cycles=config.lr_num_cycles,
+    )
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """ConfigError unless the run can write under ``output_dir`` (its ``checkpoints/`` and ``logs/``
+    folders are created, and a file is written and removed in each): found now, not at the first
+    save, and not as a traceback."""
+    for folder in (Path(output_dir) / "checkpoints", Path(output_dir) / "logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename and str(err.filename) != str(folder) else ""
+            raise ConfigError(
+                f"training.output_dir {output_dir} cannot be written: {folder}: "
+                f"{err.strerror or err}{where}; choose a writable folder with --training.output_dir=DIR"
+            ) from None

@@ -1,7 +1,7 @@
 """One optimizer step: forward and backward over a window of micro-batches, clip, update.
 
-The hot path never waits for the device: the loss comes back as a tensor and the gradient norm
-is computed only when clipping or a logging step needs it.
+The hot path never waits for the device: the loss, the gradient norm and the step's nan/inf
+flag come back as device tensors; a non-finite step is not applied (see training/guard.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import ctypes
 import inspect
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,21 @@ from torch import nn
 from nima.distributed import no_sync
 from nima.runtime import Runtime, unwrap_model
 from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
+from nima.training.guard import NonfiniteGuard
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One optimizer step's figures, left on the device."""
+
+    loss: torch.Tensor
+    """The window's mean loss (detached)."""
+    grad_norm: torch.Tensor
+    """The gradient norm before clipping."""
+    nonfinite: torch.Tensor
+    """True when the gradients were nan or inf: the update was skipped."""
+    overflow: bool = False
+    """fp16: the loss scaler skipped the step (its scale was too high)."""
 
 
 class TrainStep:
@@ -42,18 +58,21 @@ class TrainStep:
         needs_scaler = runtime.precision.needs_grad_scaler
         self.scaler = torch.amp.GradScaler(runtime.device.type) if needs_scaler else None
         self._non_blocking = runtime.device.type == "cuda"
+        # Fused optimizers skip a flagged step on the device (``found_inf``, as GradScaler uses
+        # it); others, and sharded (DTensor) parameters, read the flag on the host.
+        self._skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False) and not any(
+            _is_dtensor(p) for p in params
+        )
         keep_freed_memory()
         # Training never needs the logits: the model may then compute the loss in chunks, never
         # holding (B, T, vocab) logits at long contexts (see GPT.forward).
         self._loss_only = {"return_logits": False} if _accepts_return_logits(model) else {}
 
-    def __call__(
-        self, batches: list[Any], want_grad_norm: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Train on ``batches``; returns the window's loss and the gradient norm before clipping
-        (None when neither clipping nor ``want_grad_norm`` needs it). Both stay on the device."""
+    def __call__(self, batches: list[Any]) -> StepOutput:
+        """Train on ``batches``: forward, backward, clip, update (skipped when the gradients are
+        nan or inf). Nothing is read back from the device."""
         loss = self.forward_backward(batches)
-        return loss, self.update(want_grad_norm)
+        return self.update(loss)
 
     def forward_backward(self, batches: list[Any]) -> torch.Tensor:
         """Forward and backward over ``batches``; gradients are left in ``.grad``.
@@ -91,27 +110,47 @@ class TrainStep:
         total = max(1, sum(counts))
         return [c / total for c in counts]
 
-    def update(self, want_grad_norm: bool = False) -> torch.Tensor | None:
-        """Unscale (fp16), clip, step the optimizer and the schedule, clear the gradients."""
+    def update(self, loss: torch.Tensor) -> StepOutput:
+        """Unscale (fp16), clip, step the optimizer unless the gradients are nan or inf, step the
+        schedule, clear the gradients."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = None
         if self.gradient_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.gradient_clip, foreach=True)
-        elif want_grad_norm:
+        else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        if self.scaler is not None:
+        nonfinite = NonfiniteGuard.is_nonfinite(grad_norm)
+        overflow = False
+        if self.scaler is not None:  # the scaler skips overflowing steps itself (a host sync)
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
+            overflow = self.scaler.get_scale() < scale
+            nonfinite = torch.zeros_like(nonfinite)  # an overflow is the scaler's, not a failure
+        elif self._skips_on_device:
+            self.optimizer.found_inf = nonfinite.float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif not bool(_local(nonfinite)):
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return StepOutput(loss, grad_norm, nonfinite, overflow)
 
     @property
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    return type(tensor.data).__name__ == "DTensor"
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's value as a plain tensor (replicated scalars: the same on every rank)."""
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
 def _accepts_return_logits(model: nn.Module) -> bool:
@@ -125,9 +164,9 @@ def _accepts_return_logits(model: nn.Module) -> bool:
 # to the system once more than M_TRIM_THRESHOLD is free there. Both start at 128 KiB and grow only
 # after the process happens to free a large block. A training step frees and allocates again the
 # same activations and gradients (hundreds of KiB to a few MiB each), so with the start-up values
-# every step maps them in afresh: 500-1,300 page faults, 1-3 ms per step at the reference shape
-# (benchmarks/loop_overhead.py; the textbook loop in its own process had about 1). These are
-# glibc's own ceilings for its adaptive thresholds.
+# every step maps them in afresh: 450-1,350 page faults, about 1.5 ms (4%) per step at the
+# reference shape on a 2-core CPU (benchmarks/README.md, loop_overhead.py; the textbook loop in its
+# own process had about 1). These are glibc's own ceilings for its adaptive thresholds.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 _MMAP_THRESHOLD = 32 << 20
 _TRIM_THRESHOLD = 64 << 20

@@ -35,10 +35,8 @@ from nima.training.cursor import DataCursor, Window
 from nima.training.loggers import monitoring_callbacks
 from nima.training.meter import Meter, diverged_error
 from nima.training.mfu import peak_flops_for
-from nima.training.optimizers import get_optimizer
 from nima.training.preemption import StopSignal
 from nima.training.results import TrainResults
-from nima.training.schedulers import get_scheduler
 from nima.training.step import TrainStep
 from nima.training.validator import Validator
 
@@ -84,6 +82,7 @@ class Trainer:
             raise ConfigError(f"config must be a TrainingConfig, got {type(config).__name__}")
         if train_dataloader is None:
             raise ConfigError("Trainer needs a train_dataloader (see create_dataloader)")
+        setup.check_output_dir(config.output_dir)  # now, not at the first save
         self.train_dataloader, self.eval_dataloader = train_dataloader, eval_dataloader
         self.tokenizer = tokenizer
         self.raw_model = unwrap_model(model)
@@ -105,23 +104,8 @@ class Trainer:
             self.cursor.batches_per_epoch, config.gradient_accumulation_steps
         )
         self.total_steps = setup.total_steps(config, self.steps_per_epoch)
-        self.optimizer = optimizer or get_optimizer(
-            self.raw_model,
-            config.optimizer_type,
-            learning_rate=config.learning_rate,
-            weight_decay=config.weight_decay,
-            betas=config.betas,
-            eps=config.eps,
-            momentum=config.momentum,
-        )
-        self.scheduler = scheduler or get_scheduler(
-            self.optimizer,
-            config.lr_scheduler_type,
-            num_training_steps=self.total_steps,
-            num_warmup_steps=config.warmup_steps,
-            min_lr=config.min_lr,
-            num_cycles=config.lr_num_cycles,
-        )
+        self.optimizer = optimizer or setup.build_optimizer(self.raw_model, config)
+        self.scheduler = scheduler or setup.build_scheduler(self.optimizer, config, self.total_steps)
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.train_step = TrainStep(
             self.model, self.optimizer, self.scheduler, self.runtime, config.gradient_clip, params
@@ -163,8 +147,9 @@ class Trainer:
         at the next step boundary (under torchrun: at the next logging step, on all ranks
         together), saves ``step_N.pt`` and returns with ``stop_signal`` set; the run resumes from
         that checkpoint. A second Ctrl-C raises KeyboardInterrupt at once, saving nothing.
-        A nan or inf loss raises TrainingDivergedError at the next logging or saving step, before
-        anything from the broken steps is logged or saved.
+        A step whose gradients are nan or inf is never applied; with ``on_nonfinite: stop`` (the
+        default), or a nan or inf loss, TrainingDivergedError is raised at the next logging or
+        saving step, before anything from the broken steps is logged or saved.
         """
         start_step = self.step
         self._begin()
@@ -199,10 +184,9 @@ class Trainer:
 
     def _train_on(self, window: Window) -> None:
         """One optimizer step, and the per-step bookkeeping (no host sync)."""
-        want_norm = (self.step + 1) % self.config.log_every == 0
-        loss, grad_norm = self.train_step(window.batches, want_grad_norm=want_norm)
+        output = self.train_step(window.batches)
         self.step += 1
-        self.meter.record(loss, window.tokens, grad_norm)
+        self.meter.record(output, window.tokens, self.step)
         self._call("on_step", self)
 
     def _log_evaluate_save(self) -> None:
@@ -213,7 +197,7 @@ class Trainer:
         do_save = self.checkpointer.due(step)
         if not (do_log or do_save):
             return
-        self._check_loss_is_finite()
+        self._check_numerics()
         record: dict[str, Any] = {}
         if do_log:
             record = self.meter.report().as_record(lr=self.train_step.learning_rate, epoch=self.cursor.epoch)
@@ -234,7 +218,7 @@ class Trainer:
             metrics["val_loss"] = self.validator.last_val_loss
         self._call("on_epoch_end", self, self.cursor.epoch, metrics)
         if self.config.save_epoch_checkpoints:
-            self._check_loss_is_finite()
+            self._check_numerics()
             with self.meter.overhead():
                 self.save_checkpoint(f"epoch_{self.cursor.epoch}")
 
@@ -256,7 +240,7 @@ class Trainer:
             metrics = self._validate()
             self._call("on_log", self, {"val_loss": metrics["val_loss"]})
         if trained and self.checkpointer.last_saved_step != self.step:
-            self._check_loss_is_finite()
+            self._check_numerics()
             with self.meter.overhead():
                 self.save_checkpoint(f"step_{self.step}")
 
@@ -306,19 +290,26 @@ class Trainer:
             last_checkpoint=str(last) if last else None,
             output_dir=str(self.output_dir),
             stop_signal=self._stop.name,
+            skipped_steps=self.meter.skipped_steps,
         )
         if self.stop_reason:
             self._say(self.stop_reason)
         self._call("on_train_end", self, results)
         return results
 
-    def _check_loss_is_finite(self) -> None:
+    def _check_numerics(self) -> None:
         """Stop with TrainingDivergedError if the loss since the last check is nan or inf on any
-        process, before anything is logged or saved: a diverged run never writes (or, through
+        process, or the guard's non-finite steps call for it (``training.on_nonfinite``), before
+        anything is logged or saved: a diverged run never writes (or, through
         ``keep_last_checkpoints``, prunes away) a good checkpoint. Called where the loop reads the
         loss anyway (logging and saving steps); under torchrun every process calls it together."""
-        if not self.meter.loss_is_finite(self.device, self.dist.enabled):
-            raise diverged_error(self._last_finite_step, self.step, self.output_dir, self.config)
+        loss_finite, guard = self.meter.check_numerics(self.device, self.dist.enabled)
+        config = self.config
+        stop_on_guard = guard.nonfinite_steps > 0 if config.on_nonfinite == "stop" else False
+        if not loss_finite or stop_on_guard or guard.longest_run >= config.max_consecutive_skips:
+            raise diverged_error(
+                self._last_finite_step, self.step, self.output_dir, config, guard, loss_finite
+            )
         self._last_finite_step = self.step
 
     # ------------------------------------------------------------------ public pieces
