@@ -128,7 +128,10 @@ def test_evaluate_model_agrees_with_the_trainers_validation_loss(run_dir, sessio
     loader = create_dataloader(val, batch_size=8, collate_fn=DataCollator(data.tokenizer), shuffle=False)
     ours = evaluate_model(loaded.model, loader, max_batches=3, tokenizer=data.tokenizer)
     config = TrainingConfig(  # fp32, as evaluate_model computes: the two agree to 1e-5
-        batch_size=8, eval_batches=3, output_dir=str(run_dir / "unused"), progress_bar=False,
+        batch_size=8,
+        eval_batches=3,
+        output_dir=str(run_dir / "unused"),
+        progress_bar=False,
         precision="fp32",
     )
     trainers = Trainer(loaded.model, config, loader, loader).evaluate()

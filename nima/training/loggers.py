@@ -16,7 +16,6 @@ and shared by every logger).
 from __future__ import annotations
 
 import datetime
-import math
 import netrc
 import os
 import platform
@@ -289,13 +288,15 @@ class RunReport(Callback):
     and how the run ran in ``logs/run_info.json`` (what ``nima report`` rebuilds the page from).
 
     The plot is drawn from ``logs/metrics.jsonl``, in time counted as evaluation overhead (not in
-    tokens/s), and at an evaluation only when at least ``cost_factor`` times the last drawing's
-    time has passed since it (a fraction of a second per drawing: at most 5% of the run by
-    default, however often it evaluates). ``plot=False`` never draws; ``report=False`` writes no
-    report.
+    tokens/s). At an evaluation it is redrawn only while all drawings so far, the next one
+    included, stay within ``budget`` of the run's time (a drawing takes a few tenths of a second:
+    a run of minutes sees its curves at every evaluation, a run of seconds only at its end).
+    ``plot=False`` never draws; ``report=False`` writes no report.
     """
 
-    cost_factor: float = 20.0
+    budget: float = 0.01
+    first_drawing_s: float = 0.5
+    """What a drawing is assumed to take before one was timed."""
 
     def __init__(self, plot: bool | None = None, report: bool = True, sample_tokens: int = SAMPLE_TOKENS):
         from nima.reporting.plot import plots_available
@@ -305,8 +306,9 @@ class RunReport(Callback):
         self.sample_tokens = sample_tokens
         self._logged = 0
         self._plotted_at = 0
-        self._drawn_at: float | None = None  # perf_counter() when the last drawing ended
-        self._draw_s = 0.0
+        self._started = time.perf_counter()
+        self._draw_s = 0.0  # the last drawing's seconds
+        self._drawing_s = 0.0  # all drawings' seconds
 
     def _draw(self, trainer: Any) -> None:
         from nima.reporting.plot import PLOT_FILE, plot_runs
@@ -321,11 +323,12 @@ class RunReport(Callback):
             except Exception as err:  # a picture must never stop (or fail) a run
                 print(f"note: {PLOT_FILE} not drawn ({type(err).__name__}: {err})")
                 self.plot = False
-        self._drawn_at = time.perf_counter()
-        self._draw_s = self._drawn_at - started
+        self._draw_s = time.perf_counter() - started
+        self._drawing_s += self._draw_s
         self._plotted_at = self._logged
 
     def on_train_begin(self, trainer: Any) -> None:
+        self._started = time.perf_counter()
         if not trainer.is_main or not self.report:
             return
         from nima.reporting.runs import update_run_info
@@ -358,8 +361,8 @@ class RunReport(Callback):
     def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
         self._logged += 1
         if trainer.is_main and "val_loss" in metrics:  # an evaluation: the file now has it
-            since = time.perf_counter() - self._drawn_at if self._drawn_at is not None else math.inf
-            if since >= self.cost_factor * self._draw_s:
+            next_drawing = self._draw_s or self.first_drawing_s
+            if self._drawing_s + next_drawing <= self.budget * (time.perf_counter() - self._started):
                 self._draw(trainer)
 
     def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
