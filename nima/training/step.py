@@ -119,7 +119,7 @@ class TrainStep:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.gradient_clip, foreach=True)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        nonfinite = NonfiniteGuard.is_nonfinite(grad_norm)
+        nonfinite = _local(NonfiniteGuard.is_nonfinite(grad_norm))  # FSDP2: a replicated DTensor
         overflow = False
         if self.scaler is not None:  # the scaler skips overflowing steps itself (a host sync)
             scale = self.scaler.get_scale()
@@ -133,7 +133,7 @@ class TrainStep:
                 self.optimizer.step()
             finally:
                 del self.optimizer.found_inf
-        elif not bool(_local(nonfinite)):
+        elif not bool(nonfinite):
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
