@@ -369,16 +369,19 @@ def precision_check(sides: Sides, rounds: int, steps: int) -> dict[str, Any]:
     return result
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    return f"{cpu_name()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,6 @@ import argparse
 import cProfile
 import json
 import os
-import platform
 import pstats
 import resource
 import statistics
@@ -52,6 +51,7 @@ for path in (str(ROOT), str(HERE)):
 
 import torch  # noqa: E402
 from _nima_throughput import REFERENCE_SHAPE  # noqa: E402
+from compare_reference import cpu_name  # noqa: E402
 
 LOOP_OFF = {"eval_every": 0, "save_every": 0, "save_epoch_checkpoints": False}
 
@@ -225,15 +225,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()}, {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads"
 
 
 def prepare(data_dir: Path, text: str | None) -> None:

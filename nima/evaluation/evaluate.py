@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from nima.data.loader import IGNORE_INDEX
 from nima.errors import ConfigError, DataError
 from nima.evaluation.metrics import EvalResult
 from nima.evaluation.text_units import count_text_units
-from nima.evaluation.windows import count_windows, plan_windows
+from nima.evaluation.windows import Window, count_windows, plan_windows
 from nima.runtime.precision import autocast_for
 
 
@@ -222,55 +222,14 @@ def evaluate_tokens(
     stride = context if stride is None else int(stride)
     _check_options(context, stride, batch_size, max_tokens)
     stream = _token_stream(tokens, max_tokens)
-    n = len(stream)
-
-    def read(begin: int, end: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(stream[begin:end], dtype=np.int64))
-
     device = torch.device(device) if device is not None else _model_device(model)
-    total_nats, scored, windows = 0.0, 0, 0
-    pending: list = []
-
-    def flush() -> None:
-        nonlocal total_nats, scored
-        if not pending:
-            return
-        x = torch.zeros(len(pending), context, dtype=torch.long)
-        y = torch.full((len(pending), context), IGNORE_INDEX, dtype=torch.long)
-        for row, w in enumerate(pending):
-            window = read(w.begin, w.end + 1)
-            x[row, : w.length] = window[:-1]
-            targets = window[1:]
-            skip = w.score_from - (w.begin + 1)  # leading targets that are context only
-            y[row, skip : w.length] = targets[skip:]
-        # Right padding (token 0, label -100) never influences earlier positions of a causal model.
-        nats, k = _summed_nll(model, x.to(device), y.to(device))
-        total_nats += nats
-        scored += k
-        pending.clear()
-
     with _EvalMode(model), autocast_for(device, autocast_dtype):
-        bar = tqdm(
-            total=count_windows(n, context, stride),
-            unit="window",
-            desc="evaluating",
-            disable=not (progress and sys.stderr.isatty()),
-            leave=False,
+        total_nats, scored, windows = _score_stream(
+            model, stream, context, stride, batch_size, device, progress
         )
-        for window in plan_windows(n, context, stride):
-            pending.append(window)
-            windows += 1
-            if len(pending) == batch_size:
-                flush()
-                bar.update(batch_size)
-        flush()
-        bar.close()
-
     n_bytes = n_chars = None
     if tokenizer is not None:
-        all_bytes, all_chars = count_text_units(tokenizer, stream)
-        first_bytes, first_chars = count_text_units(tokenizer, stream[:1])
-        n_bytes, n_chars = all_bytes - first_bytes, all_chars - first_chars
+        n_bytes, n_chars = _scored_text_units(tokenizer, stream)
     return EvalResult.from_totals(
         total_nats,
         scored,
@@ -280,6 +239,72 @@ def evaluate_tokens(
         context_length=context,
         stride=stride,
     )
+
+
+def _score_stream(
+    model: torch.nn.Module,
+    stream: Any,
+    context: int,
+    stride: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[float, int, int]:
+    """Score every window of ``stream``, ``batch_size`` windows per forward pass: the summed nats,
+    the tokens scored and the number of windows."""
+    total_nats, scored, windows = 0.0, 0, 0
+    bar = tqdm(
+        total=count_windows(len(stream), context, stride),
+        unit="window",
+        desc="evaluating",
+        disable=not (progress and sys.stderr.isatty()),
+        leave=False,
+    )
+    for batch in _window_batches(len(stream), context, stride, batch_size):
+        nats, k = _score_windows(model, stream, batch, context, device)
+        total_nats += nats
+        scored += k
+        windows += len(batch)
+        if len(batch) == batch_size:  # the bar advances by full batches only
+            bar.update(batch_size)
+    bar.close()
+    return total_nats, scored, windows
+
+
+def _window_batches(n: int, context: int, stride: int, batch_size: int) -> Iterator[list[Window]]:
+    """The planned windows in batches of ``batch_size`` (the last one may be shorter)."""
+    pending: list[Window] = []
+    for window in plan_windows(n, context, stride):
+        pending.append(window)
+        if len(pending) == batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def _score_windows(
+    model: torch.nn.Module, stream: Any, windows: Sequence[Window], context: int, device: torch.device
+) -> tuple[float, int]:
+    """Summed nats and tokens scored over one batch of windows of ``stream``."""
+    x = torch.zeros(len(windows), context, dtype=torch.long)
+    y = torch.full((len(windows), context), IGNORE_INDEX, dtype=torch.long)
+    for row, w in enumerate(windows):
+        window = torch.from_numpy(np.asarray(stream[w.begin : w.end + 1], dtype=np.int64))
+        x[row, : w.length] = window[:-1]
+        targets = window[1:]
+        skip = w.score_from - (w.begin + 1)  # leading targets that are context only
+        y[row, skip : w.length] = targets[skip:]
+    # Right padding (token 0, label -100) never influences earlier positions of a causal model.
+    return _summed_nll(model, x.to(device), y.to(device))
+
+
+def _scored_text_units(tokenizer: Any, stream: Any) -> tuple[int, int]:
+    """UTF-8 bytes and characters of the scored text: the decoded stream less its first token,
+    which is context only."""
+    all_bytes, all_chars = count_text_units(tokenizer, stream)
+    first_bytes, first_chars = count_text_units(tokenizer, stream[:1])
+    return all_bytes - first_bytes, all_chars - first_chars
 
 
 def evaluate_text(model: torch.nn.Module, text: str, tokenizer: Any, **kwargs: Any) -> EvalResult:

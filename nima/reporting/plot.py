@@ -68,18 +68,42 @@ def plot_runs(
     """
     if not plots_available():
         raise ConfigError(MISSING)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter
-
     key = _x_key(x)
+    folders = _load_logged_runs(runs)
+    names = _run_names(folders)
+    scale, time_label = _time_scale(folders) if key == "time_s" else (1.0, "")
+    x_label = {"step": "optimizer step", "tokens": "training tokens", "time_s": time_label}[key]
+
+    fig, panels = _new_figure()
+    colors = [f"C{i % 10}" for i in range(len(folders))]
+    several = len(folders) > 1
+    for ax, panel_title, y_label, metrics in panels:
+        drawn = _draw_curves(ax, metrics, folders, names, colors, key, scale)
+        if metrics == ["loss", "val_loss"]:  # say which runs have nothing on this x axis
+            missing = _mark_runs_without(ax, metrics, folders, names, colors, key, x)
+            drawn = drawn or missing
+        _label_panel(ax, panel_title, x_label, y_label, metrics, key)
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+        elif len(metrics) > 1 or several:
+            ax.legend(fontsize="small", loc="best")
+    fig.suptitle(title or _default_title(folders, names), fontsize=13)
+    return _save_png(fig, output)
+
+
+def _load_logged_runs(runs: Sequence[str | Path | RunFolder]) -> list[RunFolder]:
+    """The run folders (without their checkpoints); ConfigError when none has logged anything."""
     folders = [r if isinstance(r, RunFolder) else load_run(r, checkpoint=False) for r in runs]
     if not any(run.records for run in folders):
         where = ", ".join(str(run.path) for run in folders)
         raise ConfigError(f"nothing to plot: no logged metrics in {where} (logs/metrics.jsonl) yet")
-    names = _run_names(folders)
-    scale, time_label = _time_scale(folders) if key == "time_s" else (1.0, "")
-    x_label = {"step": "optimizer step", "tokens": "training tokens", "time_s": time_label}[key]
+    return folders
+
+
+def _new_figure() -> tuple[Any, list[tuple[Any, str, str, list[str]]]]:
+    """The figure and its four panels: (axes, title, y label, metrics drawn on it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 8), dpi=100)  # fixed margins: a layout engine would double the time
     FigureCanvasAgg(fig)
@@ -91,50 +115,81 @@ def plot_runs(
         (axes[1][0], "Throughput", "tokens per second", ["tokens_per_s"]),
         (axes[1][1], "Gradient norm", "gradient norm (before clipping)", ["grad_norm"]),
     ]
-    colors = [f"C{i % 10}" for i in range(len(folders))]
+    return fig, panels
+
+
+def _draw_curves(
+    ax: Any,
+    metrics: list[str],
+    folders: Sequence[RunFolder],
+    names: Sequence[str],
+    colors: Sequence[str],
+    key: str,
+    scale: float,
+) -> bool:
+    """Each run's curve of each metric on one panel; whether any was drawn."""
     several = len(folders) > 1
-    for ax, panel_title, y_label, metrics in panels:
-        drawn = False
-        for run, name, color in zip(folders, names, colors, strict=True):
-            for metric in metrics:
-                xs, ys = series(run.records, metric, key)
-                if not xs:
-                    continue
-                xs = [v / scale for v in xs]
-                validation = metric.startswith("val_")
-                what = "validation" if validation else "training"
-                label = (f"{name} ({what})" if several else what) if len(metrics) > 1 else name
-                ax.plot(
-                    xs,
-                    ys,
-                    color=color,
-                    linestyle="--" if validation else "-",
-                    marker="o" if validation or len(xs) == 1 else None,
-                    markersize=4,
-                    linewidth=1.6 if validation else 1.2,
-                    label=label,
-                )
-                drawn = True
-        if metrics == ["loss", "val_loss"]:  # say which runs have nothing on this x axis
-            for run, name, color in zip(folders, names, colors, strict=True):
-                if not any(series(run.records, m, key)[0] for m in metrics):
-                    ax.plot([], [], color=color, label=f"{name}: no {x} logged")
-                    drawn = True
-        ax.set_title(panel_title)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(y_label)
-        ax.grid(True, alpha=0.3)
-        if key == "tokens":
-            ax.xaxis.set_major_formatter(EngFormatter())
-        if metrics == ["tokens_per_s"]:
-            ax.yaxis.set_major_formatter(EngFormatter())
-        if metrics == ["lr"]:
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        if not drawn:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
-        elif len(metrics) > 1 or several:
-            ax.legend(fontsize="small", loc="best")
-    fig.suptitle(title or _default_title(folders, names), fontsize=13)
+    drawn = False
+    for run, name, color in zip(folders, names, colors, strict=True):
+        for metric in metrics:
+            xs, ys = series(run.records, metric, key)
+            if not xs:
+                continue
+            xs = [v / scale for v in xs]
+            validation = metric.startswith("val_")
+            what = "validation" if validation else "training"
+            label = (f"{name} ({what})" if several else what) if len(metrics) > 1 else name
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                linestyle="--" if validation else "-",
+                marker="o" if validation or len(xs) == 1 else None,
+                markersize=4,
+                linewidth=1.6 if validation else 1.2,
+                label=label,
+            )
+            drawn = True
+    return drawn
+
+
+def _mark_runs_without(
+    ax: Any,
+    metrics: list[str],
+    folders: Sequence[RunFolder],
+    names: Sequence[str],
+    colors: Sequence[str],
+    key: str,
+    x: str,
+) -> bool:
+    """A legend entry (an empty line) for each run with none of ``metrics`` against ``x``; whether
+    there was one."""
+    marked = False
+    for run, name, color in zip(folders, names, colors, strict=True):
+        if not any(series(run.records, m, key)[0] for m in metrics):
+            ax.plot([], [], color=color, label=f"{name}: no {x} logged")
+            marked = True
+    return marked
+
+
+def _label_panel(ax: Any, title: str, x_label: str, y_label: str, metrics: list[str], key: str) -> None:
+    """Title, axis labels, grid and the number formats that suit the panel's values."""
+    from matplotlib.ticker import EngFormatter
+
+    ax.set_title(title)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(True, alpha=0.3)
+    if key == "tokens":
+        ax.xaxis.set_major_formatter(EngFormatter())
+    if metrics == ["tokens_per_s"]:
+        ax.yaxis.set_major_formatter(EngFormatter())
+    if metrics == ["lr"]:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+
+def _save_png(fig: Any, output: str | Path) -> Path:
+    """Render ``fig`` in memory, then write it atomically (a reader never sees half a PNG)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     output = Path(output)

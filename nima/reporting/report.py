@@ -222,17 +222,23 @@ def _headline(f: dict[str, Any]) -> str:
     return " ".join(parts) + "."
 
 
-def render_report(run: RunFolder) -> str:
-    """The markdown of ``report.md`` for ``run``."""
-    f = gather(run)
-    out = [f"# Run report: {f['name']}", ""]
+def _title_lines(run: RunFolder, f: dict[str, Any]) -> list[str]:
+    """The title, where the page comes from, and the headline."""
     written = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out += [
+    return [
+        f"# Run report: {f['name']}",
+        "",
         f"Run folder `{run.path}`; written {written}. Rebuild this page from the folder's files "
         f"with `nima report {run.path}`.",
         "",
         _headline(f),
         "",
+    ]
+
+
+def _what_was_trained(f: dict[str, Any]) -> list[str]:
+    """Model, data, length, recipe and why it stopped."""
+    out = [
         "## What was trained",
         "",
         "| | |",
@@ -260,7 +266,12 @@ def render_report(run: RunFolder) -> str:
         )
     if f["stop_reason"]:
         out.append(f"| stopped | {_cell(f['stop_reason'])} |")
-    out += ["", "## How well", "", "| | |", "|---|---|"]
+    return out
+
+
+def _how_well(f: dict[str, Any]) -> list[str]:
+    """The losses, and what they are measured on."""
+    out = ["", "## How well", "", "| | |", "|---|---|"]
     out.append(f"| final validation loss | {_loss_cell(f['final_val_loss'], f['bytes_per_token'])} |")
     best = _loss_cell(f["best_val_loss"], f["bytes_per_token"])
     if f["best_step"] is not None:
@@ -280,7 +291,12 @@ def render_report(run: RunFolder) -> str:
         )
         + " `nima eval --checkpoint ...` scores a whole split exactly."
     )
-    out += ["", "## How fast", "", "| | |", "|---|---|"]
+    return out
+
+
+def _how_fast(f: dict[str, Any]) -> list[str]:
+    """Throughput, MFU, wall time and peak memory."""
+    out = ["", "## How fast", "", "| | |", "|---|---|"]
     if f["train_tokens_per_s"] is not None:
         out.append(f"| tokens/s (training steps) | {f['train_tokens_per_s']:,.0f} |")
     if f["tokens_per_s"] is not None:
@@ -291,7 +307,12 @@ def render_report(run: RunFolder) -> str:
     if f["peak_memory_gib"] is not None:
         what = "GPU memory allocated" if str(f["device"] or "").startswith("cuda") else "process resident set"
         out.append(f"| peak memory | {f['peak_memory_gib']:.2f} GiB ({what}) |")
-    out += ["", "## Where", "", "| | |", "|---|---|"]
+    return out
+
+
+def _where(f: dict[str, Any]) -> list[str]:
+    """Device, precision, torch version and process count."""
+    out = ["", "## Where", "", "| | |", "|---|---|"]
     device = f["device"] or "?"
     if f["device_name"]:
         device += f" ({f['device_name']})"
@@ -302,19 +323,33 @@ def render_report(run: RunFolder) -> str:
     out.append(f"| precision | {_cell(precision)} |")
     out.append(f"| torch | {f['torch'] or '?'} |")
     out.append(f"| processes | {f['world_size'] or '?'} |")
-    out += ["", "## Loss", ""]
+    return out
+
+
+def _loss_picture(run: RunFolder) -> list[str]:
+    """The loss plot when it was drawn, else how to draw it."""
+    out = ["", "## Loss", ""]
     if (run.path / PLOT_FILE).is_file():
         out.append(f"![loss]({PLOT_FILE})")
     else:
         out.append(f"No {PLOT_FILE}: `nima plot {run.path}` draws it (needs matplotlib).")
-    out += ["", "## Sample", ""]
+    return out
+
+
+def _sample(f: dict[str, Any]) -> list[str]:
+    out = ["", "## Sample", ""]
     if f["sample"]:
         settings = f["sample_settings"] or "generated"
         out.append(f"At step {f['sample_step']}, {settings}:")
         out += ["", _fence(f["sample"])]
     else:
         out.append("No sample (no tokenizer, or the run did not finish).")
-    out += ["", "## Config", ""]
+    return out
+
+
+def _config(run: RunFolder) -> list[str]:
+    """The resolved config.yaml, or the configs of a run trained from Python, folded away."""
+    out = ["", "## Config", ""]
     if run.config_text or run.config:
         if run.config_text:
             summary, text = f"{run.config_path} (every value, resolved)", run.config_text
@@ -324,7 +359,12 @@ def render_report(run: RunFolder) -> str:
         out += ["<details>", f"<summary>{summary}</summary>", "", _fence(text, "yaml"), "", "</details>"]
     else:
         out.append("No config found in the run folder.")
-    out += ["", "## Train it again, continue it", ""]
+    return out
+
+
+def _train_again(run: RunFolder) -> list[str]:
+    """The commands that train the run again and continue it (or the Python way, without any)."""
+    out = ["", "## Train it again, continue it", ""]
     commands = rerun_commands(run.command, str(run.config_path) if run.config_path else None)
     lines = []
     if "again" in commands:
@@ -345,6 +385,21 @@ def render_report(run: RunFolder) -> str:
             f"Trained from Python: build the same Trainer, then `trainer.load_checkpoint('{newest}')` "
             "and `trainer.train()` continue it."
         )
+    return out
+
+
+def render_report(run: RunFolder) -> str:
+    """The markdown of ``report.md`` for ``run``."""
+    f = gather(run)
+    out = _title_lines(run, f)
+    out += _what_was_trained(f)
+    out += _how_well(f)
+    out += _how_fast(f)
+    out += _where(f)
+    out += _loss_picture(run)
+    out += _sample(f)
+    out += _config(run)
+    out += _train_again(run)
     return "\n".join(out) + "\n"
 
 

@@ -221,6 +221,28 @@ def run_sweep(
     """
     optuna = import_optuna()
     say = say or _printer(sys.stdout)
+    _check_arguments(trials, steps, startup_trials, prune_after)
+    plan = _make_plan(config, space, overrides, steps, study_dir, keep_checkpoints, say)
+    trial_steps = plan.trial_settings.get("training.max_steps")
+    url = storage or f"sqlite:///{(plan.study_dir / STUDY_FILE).resolve()}"
+    source = plan.source
+    name = study_name or (Path(source).stem if source and source.endswith((".yaml", ".yml")) else "sweep")
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = _open_study(optuna, url, name, plan, trial_steps)
+        study.sampler = _make_sampler(optuna, sampler, seed, len(study.get_trials(deepcopy=False)))
+        study.pruner = _make_pruner(optuna, pruner, trial_steps, prune_after, startup_trials)
+        _fail_stale_trials(optuna, study, say)
+        ran, stop_signal = _run_trials(optuna, study, plan, name, url, trials, say)
+        return _conclude(optuna, study, plan, name, url, trials, ran, stop_signal, plots, say)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _check_arguments(trials: Any, steps: Any, startup_trials: int, prune_after: int | None) -> None:
+    """ConfigError for a distributed launch or counts that make no sense, before anything is done."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
             "nima sweep runs trials in one process; for a parallel sweep start several nima sweep "
@@ -232,6 +254,19 @@ def run_sweep(
         raise ConfigError(f"--steps must be a whole number >= 1, got {steps!r}")
     if startup_trials < 0 or (prune_after is not None and prune_after < 0):
         raise ConfigError("--startup_trials and --prune_after must be >= 0")
+
+
+def _make_plan(
+    config: str | Path | RunConfig | Mapping[str, Any],
+    space: Any,
+    overrides: list[str] | Mapping[str, Any] | None,
+    steps: int | None,
+    study_dir: str | Path | None,
+    keep_checkpoints: bool,
+    say: Say,
+) -> _Plan:
+    """Load the config, decide the trials' settings and the space (and say them), and make the
+    study folder."""
     raw, source, file_space = load_config(config)
     parsed = _parse_overrides(overrides)
     base = RunConfig.from_dict(raw, source=source, overrides=parsed)
@@ -252,41 +287,36 @@ def run_sweep(
 
     folder = Path(study_dir) if study_dir else Path(base.training.output_dir) / "sweep"
     folder.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{(folder / STUDY_FILE).resolve()}"
-    name = study_name or (Path(source).stem if source and source.endswith((".yaml", ".yml")) else "sweep")
-    plan = _Plan(raw, source, parsed, trial_settings, dims, folder, keep_checkpoints)
+    return _Plan(raw, source, parsed, trial_settings, dims, folder, keep_checkpoints)
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = _open_study(optuna, url, name, plan, trial_steps)
-        study.sampler = _make_sampler(optuna, sampler, seed, len(study.get_trials(deepcopy=False)))
-        study.pruner = _make_pruner(optuna, pruner, trial_steps, prune_after, startup_trials)
-        _fail_stale_trials(optuna, study, say)
+
+def _run_trials(
+    optuna: Any, study: Any, plan: _Plan, name: str, url: str, trials: int, say: Say
+) -> tuple[int, str | None]:
+    """Run trials until the study has ``trials`` finished ones: how many ran, and the signal that
+    stopped them early (None when none did). ConfigError when trials keep failing."""
+    done = _finished(optuna, study)
+    say(
+        f"study {name!r} in {url}: {len(done)} of {trials} trials done"
+        + (f", {max(0, trials - len(done))} to run" if len(done) < trials else "")
+    )
+    ran, stop_signal, failures = 0, None, 0
+    distributions = {key: dim.distribution() for key, dim in plan.space.items()}
+    while len(done) < trials:
+        outcome = _run_trial(optuna, study, plan, distributions, f"{len(done) + 1}/{trials}", say)
+        ran += 1
+        stop_signal = outcome.get("stop_signal")
+        if stop_signal:
+            say(f"interrupted by {stop_signal}: run the same command again to continue the sweep")
+            break
+        failures = failures + 1 if outcome["state"] == "FAIL" else 0
+        if failures >= FAILURES_BEFORE_GIVING_UP and not _finished(optuna, study, complete_only=True):
+            raise ConfigError(
+                f"the last {failures} trials all failed and none has completed (the last: "
+                f"{outcome['reason']}); fix the config or the space, then run the same command"
+            )
         done = _finished(optuna, study)
-        say(
-            f"study {name!r} in {url}: {len(done)} of {trials} trials done"
-            + (f", {max(0, trials - len(done))} to run" if len(done) < trials else "")
-        )
-        ran, stop_signal, failures = 0, None, 0
-        distributions = {key: dim.distribution() for key, dim in dims.items()}
-        while len(done) < trials:
-            outcome = _run_trial(optuna, study, plan, distributions, f"{len(done) + 1}/{trials}", say)
-            ran += 1
-            stop_signal = outcome.get("stop_signal")
-            if stop_signal:
-                say(f"interrupted by {stop_signal}: run the same command again to continue the sweep")
-                break
-            failures = failures + 1 if outcome["state"] == "FAIL" else 0
-            if failures >= FAILURES_BEFORE_GIVING_UP and not _finished(optuna, study, complete_only=True):
-                raise ConfigError(
-                    f"the last {failures} trials all failed and none has completed (the last: "
-                    f"{outcome['reason']}); fix the config or the space, then run the same command"
-                )
-            done = _finished(optuna, study)
-        return _conclude(optuna, study, plan, name, url, trials, ran, stop_signal, plots, say)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    return ran, stop_signal
 
 
 def load_config(config: str | Path | RunConfig | Mapping[str, Any]) -> tuple[dict[str, Any], str, Any]:
@@ -539,9 +569,47 @@ def _run_trial(
     optuna: Any, study: Any, plan: _Plan, distributions: dict[str, Any], counter: str, say: Say
 ) -> dict[str, Any]:
     """Ask for a trial, train it, tell the study how it ended; returns its state and reason."""
-    from nima.training.recipe import build_run
-
     states = optuna.trial.TrialState
+    trial, params, folder = _start_trial(study, plan, distributions, counter, say)
+    started = time.perf_counter()
+    try:
+        config = plan.trial_config(params, folder)
+    except ConfigError as err:
+        say(f"trial {trial.number}: failed: invalid config: {err}")
+        return _end_trial(study, trial, states.FAIL, f"invalid config: {err}")
+
+    reporter = OptunaReporter(trial)
+    try:
+        results = _train_trial(config, folder, reporter)
+    except TrainingDivergedError as err:
+        say(f"trial {trial.number}: pruned: {err}")
+        return _end_trial(study, trial, states.PRUNED, f"diverged: {err}")
+    except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=states.FAIL)
+        raise
+    except Exception as err:
+        reason = _trial_failure(err)
+        if reason is None:  # not something one trial's values cause: stop the sweep
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+            study.tell(trial, state=states.FAIL)
+            raise
+        say(f"trial {trial.number}: failed: {reason}")
+        return _end_trial(study, trial, states.FAIL, reason)
+    finally:
+        _release_memory()
+        if not plan.keep_checkpoints:
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+    seconds = time.perf_counter() - started
+    return _judge_trial(optuna, study, trial, reporter, results, seconds, say)
+
+
+def _start_trial(
+    study: Any, plan: _Plan, distributions: dict[str, Any], counter: str, say: Say
+) -> tuple[Any, dict[str, Any], Path]:
+    """Ask the study for a trial and give it an empty output folder: the trial, its values, its
+    folder."""
     trial = study.ask(distributions)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
@@ -552,52 +620,50 @@ def _run_trial(
     folder.mkdir(parents=True)
     trial.set_user_attr("output_dir", str(folder))
     say(f"trial {trial.number} [{counter}]: {format_params(params)}")
-    started = time.perf_counter()
+    return trial, params, folder
 
-    def end(state: Any, reason: str | None = None, value: float | None = None) -> dict[str, Any]:
-        if reason is not None:
-            trial.set_user_attr("reason", reason)
-        study.tell(trial, value if state == states.COMPLETE else None, state=state)
-        return {"state": state.name, "reason": reason}
 
-    try:
-        config = plan.trial_config(params, folder)
-    except ConfigError as err:
-        say(f"trial {trial.number}: failed: invalid config: {err}")
-        return end(states.FAIL, f"invalid config: {err}")
+def _train_trial(config: RunConfig, folder: Path, reporter: OptunaReporter) -> Any:
+    """Train one trial as ``nima train`` does, its output in ``<folder>/train.log``; writes
+    ``<folder>/results.json`` and returns the results."""
+    from nima.training.recipe import build_run
 
-    reporter = OptunaReporter(trial)
-    results = None
-    try:
-        with open(folder / "train.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
-            run = build_run(config, callbacks=[reporter], say=print)
-            try:
-                results = run.train()
-            finally:
-                del run
-        atomic_write_json(folder / "results.json", dict(results))
-    except TrainingDivergedError as err:
-        say(f"trial {trial.number}: pruned: {err}")
-        return end(states.PRUNED, f"diverged: {err}")
-    except KeyboardInterrupt:
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=states.FAIL)
-        raise
-    except Exception as err:
-        memory = _memory_failure(err)
-        if memory is None and not isinstance(err, ConfigError):
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}")
-            study.tell(trial, state=states.FAIL)
-            raise
-        reason = memory or f"{err}"
-        say(f"trial {trial.number}: failed: {reason}")
-        return end(states.FAIL, reason)
-    finally:
-        _release_memory()
-        if not plan.keep_checkpoints:
-            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    with open(folder / "train.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+        run = build_run(config, callbacks=[reporter], say=print)
+        try:
+            results = run.train()
+        finally:
+            del run  # free the model before the caller releases memory
+    atomic_write_json(folder / "results.json", dict(results))
+    return results
 
-    seconds = time.perf_counter() - started
+
+def _trial_failure(err: Exception) -> str | None:
+    """Why the trial failed, for errors that end only this trial (out of memory, an invalid
+    config); None for any other error."""
+    memory = _memory_failure(err)
+    if memory is None and not isinstance(err, ConfigError):
+        return None
+    return memory or f"{err}"
+
+
+def _end_trial(
+    study: Any, trial: Any, state: Any, reason: str | None = None, value: float | None = None
+) -> dict[str, Any]:
+    """Record the trial's reason (when there is one) and tell the study its state (and, for a
+    completed trial, its ``value``); returns its state and reason."""
+    if reason is not None:
+        trial.set_user_attr("reason", reason)
+    study.tell(trial, value if state.name == "COMPLETE" else None, state=state)
+    return {"state": state.name, "reason": reason}
+
+
+def _judge_trial(
+    optuna: Any, study: Any, trial: Any, reporter: OptunaReporter, results: Any, seconds: float, say: Say
+) -> dict[str, Any]:
+    """Tell the study how a trial that trained ended: interrupted, pruned, or complete with its
+    best validation loss. ConfigError when it has no validation loss."""
+    states = optuna.trial.TrialState
     trial.set_user_attr("steps", results.steps)
     trial.set_user_attr("seconds", round(seconds, 1))
     if results.stop_signal:  # Ctrl-C or SIGTERM: the trial did not finish
@@ -607,7 +673,7 @@ def _run_trial(
     if reporter.pruned_at is not None:
         step, loss = reporter.last
         say(f"trial {trial.number}: pruned at step {step}: val loss {loss:.4f} ({seconds:.1f}s)")
-        return end(states.PRUNED, f"pruned at step {step}: val loss {loss:.4f}")
+        return _end_trial(study, trial, states.PRUNED, f"pruned at step {step}: val loss {loss:.4f}")
     value = results.best_val_loss
     if value is None or not math.isfinite(value):
         study.tell(trial, state=states.FAIL)
@@ -618,7 +684,7 @@ def _run_trial(
     best = study.best_value if _finished(optuna, study, complete_only=True) else math.inf
     mark = " (best so far)" if value < best else ""
     say(f"trial {trial.number}: val loss {value:.4f} after {results.steps} steps ({seconds:.1f}s){mark}")
-    return end(states.COMPLETE, value=value)
+    return _end_trial(study, trial, states.COMPLETE, value=value)
 
 
 def format_params(params: Mapping[str, Any]) -> str:
