@@ -148,6 +148,48 @@ def test_divergence_on_one_rank_stops_every_rank_before_saving(
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step_4.pt"]
 
 
+SKIP_WORKER = SHARDED_LOADER + textwrap.dedent(
+    """
+    model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, **TINY))
+    forwards = []
+
+    def nan_loss_on_rank_1_at_step_3(module, args, output):
+        forwards.append(1)
+        if ctx.rank == 1 and len(forwards) == 3:
+            output.loss = output.loss * float("nan")
+        return output
+
+    model.register_forward_hook(nan_loss_on_rank_1_at_step_3)
+    cfg = TrainingConfig(max_steps=8, batch_size=4, learning_rate=1e-2, output_dir=out, eval_every=0,
+                         log_every=5, save_every=0, progress_bar=False, precision="fp32",
+                         on_nonfinite="skip")
+    results = Trainer(model, cfg, loader).train()
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    finite = float(torch.isfinite(weights).all())
+    mine = torch.tensor([float(results.skipped_steps), finite, float(weights.sum())], dtype=torch.float64)
+    both = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(both, mine)
+    if ctx.rank == 0:
+        print("RESULT " + json.dumps({"ranks": [t.tolist() for t in both], "steps": results.steps}))
+    del model
+    leave()
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path: Path, session_data_dir: Path) -> None:
+    # The gradients are reduced before the check: every rank sees the same nan norm, skips the
+    # same step, and the replicas stay identical.
+    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
+    script = tmp_path / "skip_worker.py"
+    script.write_text(SKIP_WORKER)
+    report, _ = _torchrun(script, prepared.path, tmp_path / "out")
+    (skipped_0, finite_0, sum_0), (skipped_1, finite_1, sum_1) = report["ranks"]
+    assert report["steps"] == 8 and skipped_0 == skipped_1 == 1 and finite_0 == finite_1 == 1
+    assert sum_0 == sum_1
+
+
 RESUME_WORKER = WORKER_START + textwrap.dedent(
     """
     import json, os, signal, sys
