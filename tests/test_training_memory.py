@@ -205,3 +205,44 @@ def test_slow_steps_print_progress_before_log_every(tmp_path: Path, capsys, monk
     assert first, lines  # a line with seconds per step and the ETA, long before step 100
     assert float(first.group(2)) >= 0.2
     assert lines[-1].startswith("step 4/4 | loss")
+
+
+# ------------------------------------------------------------------- the GPU paths, simulated on a CPU
+# A GPU that runs out of memory raises torch.OutOfMemoryError (a CPU's process is killed instead);
+# raising it on purpose exercises the same code here.
+
+
+def test_the_gpu_batch_search_finds_the_largest_batch_that_does_not_raise() -> None:
+    from nima.training.batch_fit import _try_on_gpu
+
+    tried: list[int] = []
+
+    def step(batch: int) -> None:
+        tried.append(batch)
+        if batch > 37:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    assert _try_on_gpu(step, 1024, 0, torch.device("cpu")) == 37
+    assert tried[:7] == [1, 2, 4, 8, 16, 32, 64] and len(tried) <= 13  # doubling, then bisection
+    assert _try_on_gpu(step, 20, 0, torch.device("cpu")) == 20  # capped by the effective batch
+
+
+def test_running_out_of_gpu_memory_during_training_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    model = create_model(ModelConfig(vocab_size=65, d_model=32, n_heads=4, n_layers=2, max_seq_len=32))
+    forwards = []
+
+    def out_of_memory_at_step_3(module, args):
+        forwards.append(1)
+        if len(forwards) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    model.register_forward_pre_hook(out_of_memory_at_step_3)
+    samples = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 65, (20, 32))]
+    loader = torch.utils.data.DataLoader(samples, batch_size=4)  # its batch size gives the plan
+    config = TrainingConfig(max_steps=5, batch_size=4, output_dir=str(tmp_path / "out"), precision="fp32")
+    trainer = Trainer(model, config, loader)
+    with pytest.raises(ConfigError) as refused:
+        trainer.train()
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("the GPU ran out of memory at step 3 (the plan: ")
+    assert "training.batch_size: auto" in message and "model.gradient_checkpointing: true" in message
