@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Failed asserts inside training_helpers (start_until) are reported like a test's own.
+pytest.register_assert_rewrite("training_helpers")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("NIMA_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
 TINY_SHAKESPEARE = SHARED_DIR / "data" / "tiny_shakespeare" / "input.txt"
@@ -45,6 +48,14 @@ def session_data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_shakespeare_
     (root / "tiny_shakespeare").mkdir()
     (root / "tiny_shakespeare" / "input.txt").symlink_to(tiny_shakespeare_file)
     return root
+
+
+@pytest.fixture(scope="module")
+def prepared(session_data_dir: Path):
+    """Tiny Shakespeare prepared with the char tokenizer in the session data directory."""
+    from nima.data import prepare
+
+    return prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -54,3 +54,26 @@ def save_checkpoint(
         model.state_dict(), model.config.to_dict(), identity, prepared_path=prepared, step=150, epoch=0
     )
     return atomic_save(ckpt, folder / "checkpoints" / "step_150.pt")
+
+
+def generate_args(checkpoint: Path, max_new_tokens: int, *more: str) -> list[str]:
+    """``nima generate`` on ``checkpoint`` as the tests sample: ``ROMEO:`` continued by
+    ``max_new_tokens`` tokens at temperature 0.8, top-k 50, top-p 0.95, seed 0, then ``more``."""
+    return [
+        "generate",
+        "--checkpoint",
+        str(checkpoint),
+        "--prompt",
+        "ROMEO:",
+        "--max_new_tokens",
+        str(max_new_tokens),
+        "--temperature",
+        "0.8",
+        "--top_k",
+        "50",
+        "--top_p",
+        "0.95",
+        "--seed",
+        "0",
+        *more,
+    ]

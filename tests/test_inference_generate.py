@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from inference_helpers import TEXT, save_checkpoint, train_tiny_model
+from inference_helpers import TEXT, generate_args, save_checkpoint, train_tiny_model
 from tiny import model_config
 
 from nima.cli import main as nima_main
@@ -108,25 +108,7 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_generate_prints_prompt_and_continuation_reproducibly(checkpoint, capsys):
-    argv = [
-        "generate",
-        "--checkpoint",
-        str(checkpoint),
-        "--prompt",
-        "ROMEO:",
-        "--max_new_tokens",
-        "40",
-        "--temperature",
-        "0.8",
-        "--top_k",
-        "50",
-        "--top_p",
-        "0.95",
-        "--seed",
-        "0",
-        "--device",
-        "cpu",
-    ]
+    argv = generate_args(checkpoint, 40, "--device", "cpu")
     code, first, err = run_cli(capsys, *argv)
     assert code == 0
     assert first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 40 + 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inference_helpers import generate_args
 from tiny import model_args
 
 from nima.cli import main as nima_main
@@ -78,24 +79,7 @@ def test_eval_defaults_to_the_validation_split_the_model_was_trained_on(run_dir,
 @pytest.mark.slow
 def test_generate_from_a_trainer_checkpoint(run_dir, capsys):
     ckpt = run_dir / "checkpoints" / "best_model.pt"
-    code, out, err = cli(
-        capsys,
-        "generate",
-        "--checkpoint",
-        str(ckpt),
-        "--prompt",
-        "ROMEO:",
-        "--max_new_tokens",
-        "30",
-        "--temperature",
-        "0.8",
-        "--top_k",
-        "50",
-        "--top_p",
-        "0.95",
-        "--seed",
-        "0",
-    )
+    code, out, err = cli(capsys, *generate_args(ckpt, 30))
     assert code == 0, err
     assert out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 31
     assert "char tokenizer, vocab 65" in err

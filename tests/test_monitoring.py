@@ -10,39 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from tiny import model_config
+from training_helpers import split_loader
 
 from nima.config import RunConfig
-from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepare
 from nima.errors import ConfigError
 from nima.models import create_model
 from nima.training import RunReport, TensorBoardLogger, Trainer, TrainingConfig, WandbLogger
 from nima.training.loggers import evaluation_sample, flat_config, monitoring_callbacks, wandb_mode
 
 SCALARS = {"loss", "lr", "tokens_per_s", "grad_norm", "memory_gib", "val_loss", "val_perplexity"}
-
-
-@pytest.fixture(scope="module")
-def prepared(session_data_dir: Path):
-    return prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-
-
-def loader(prepared, split: str = "train", tokens: int = 4000):
-    data = np.asarray(prepared.tokens(split)[:tokens])
-    dataset = TokenWindowDataset(
-        data,
-        32,
-        random_offset=split == "train",
-        include_partial=split != "train",
-        tokenizer_identity=prepared.tokenizer.identity(),
-        prepared_path=prepared.path,
-    )
-    return create_dataloader(
-        dataset, 4, collate_fn=DataCollator(prepared.tokenizer), shuffle=split == "train"
-    )
 
 
 def tiny_trainer(prepared, out: Path, tokenizer: bool = True, **overrides) -> Trainer:
@@ -63,8 +42,8 @@ def tiny_trainer(prepared, out: Path, tokenizer: bool = True, **overrides) -> Tr
     return Trainer(
         model,
         TrainingConfig(**settings),
-        loader(prepared),
-        loader(prepared, "val", 2000),
+        split_loader(prepared),
+        split_loader(prepared, "val", 2000),
         tokenizer=prepared.tokenizer if tokenizer else None,
     )
 
@@ -341,7 +320,7 @@ def test_run_report_without_matplotlib_still_writes_the_report(prepared, tmp_pat
         TrainingConfig(
             precision="fp32", batch_size=4, max_steps=2, eval_every=0, progress_bar=False, output_dir=str(out)
         ),
-        loader(prepared),
+        split_loader(prepared),
         callbacks=[RunReport(plot=False)],
     )
     trainer.train()

@@ -12,36 +12,16 @@ import numpy as np
 import pytest
 import torch
 from tiny import model_args, model_config
+from training_helpers import split_loader
 
 from nima.cli import main as nima
 from nima.config import RunConfig
-from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepare
 from nima.errors import ConfigError
 from nima.models import create_model
 from nima.reporting import load_run, plot_runs, read_metrics, write_report
 from nima.reporting.runs import rerun_commands, series
 from nima.training import RunReport, Trainer, TrainingConfig
 from nima.training.cli import main as train_main
-
-
-@pytest.fixture(scope="module")
-def prepared(session_data_dir: Path):
-    return prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-
-
-def loader(prepared, split: str = "train", tokens: int = 4000):
-    data = np.asarray(prepared.tokens(split)[:tokens])
-    dataset = TokenWindowDataset(
-        data,
-        32,
-        random_offset=split == "train",
-        include_partial=split != "train",
-        tokenizer_identity=prepared.tokenizer.identity(),
-        prepared_path=prepared.path,
-    )
-    return create_dataloader(
-        dataset, 4, collate_fn=DataCollator(prepared.tokenizer), shuffle=split == "train"
-    )
 
 
 def train_tiny(prepared, out: Path, callbacks=(), **overrides) -> Trainer:
@@ -61,8 +41,8 @@ def train_tiny(prepared, out: Path, callbacks=(), **overrides) -> Trainer:
     trainer = Trainer(
         create_model(model_config(prepared.tokenizer.vocab_size)),
         TrainingConfig(**settings),
-        loader(prepared),
-        loader(prepared, "val", 2000),
+        split_loader(prepared),
+        split_loader(prepared, "val", 2000),
         tokenizer=prepared.tokenizer,
         callbacks=list(callbacks),
     )

@@ -13,36 +13,22 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from tiny import model_args, model_config
+from training_helpers import start_until
 
 from nima.checkpoint import load_checkpoint_file
-from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepare
+from nima.data import DataCollator, TokenWindowDataset, create_dataloader
 from nima.models import create_model
 from nima.training import Trainer, TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [*model_args(), "--training.precision=fp32", "--training.batch_size=4", "--training.warmup_steps=1"]
 STEPS = 8
-
-
-def start_until(command: list[str], env: dict[str, str], ready: Callable[[], bool]) -> subprocess.Popen:
-    """Start ``command`` in the checkout; return the running job once ``ready()`` holds (the test
-    fails if the job ends first or 120 s pass)."""
-    job = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120
-    while not ready():
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.05)
-    return job
 
 
 @pytest.mark.slow
@@ -97,11 +83,6 @@ class SignalDuring:
     def on_save(self, trainer: Trainer, path: Path) -> None:
         if self.hook == "on_save":
             self._send(trainer)
-
-
-@pytest.fixture(scope="module")
-def prepared(session_data_dir: Path):
-    return prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
 
 
 def make_trainer(prepared: Any, out: Path, callbacks: list[Any] = (), async_save: bool = False) -> Trainer:

@@ -9,75 +9,21 @@ exactly, so that it does not depend on the CPU it lands on.
 from __future__ import annotations
 
 import statistics
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny import model_config, model_yaml
+from tiny import model_yaml
+from training_helpers import StepLosses, grads_of, resume_run, small_loader, tiny_model, training_config
 
 from nima.cli import main as nima_main
-from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepare
 from nima.errors import ConfigError
-from nima.models import create_model
-from nima.training import Callback, Trainer, TrainingConfig, choose_precision
+from nima.training import Trainer, choose_precision
 
-
-@pytest.fixture(scope="module")
-def prepared(session_data_dir: Path):
-    return prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-
-
-def tiny_model(prepared, seed: int = 0, **overrides) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return create_model(model_config(prepared.tokenizer.vocab_size, **overrides))
-
-
-def loader(prepared, batch_size: int, tokens: int, shuffle: bool = True, split: str = "train"):
-    data = np.asarray(prepared.tokens(split)[:tokens])
-    dataset = TokenWindowDataset(
-        data,
-        32,
-        seed=0,
-        random_offset=shuffle,
-        include_partial=not shuffle,
-        tokenizer_identity=prepared.tokenizer.identity(),
-        prepared_path=prepared.path,
-    )
-    return create_dataloader(
-        dataset, batch_size, collate_fn=DataCollator(prepared.tokenizer), shuffle=shuffle, seed=0
-    )
-
-
-def config(tmp_path: Path, **kw) -> TrainingConfig:
-    base = {
-        "precision": "bf16",
-        "max_steps": 10,
-        "batch_size": 8,
-        "learning_rate": 3e-3,
-        "output_dir": str(tmp_path / "out"),
-        "log_every": 1,
-        "eval_every": 0,
-        "save_every": 0,
-        "progress_bar": False,
-        "eval_batches": 4,
-    }
-    return TrainingConfig(**{**base, **kw})
-
-
-class StepLosses(Callback):
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.losses: dict[int, float] = {}
-        self.stop_at = stop_at
-
-    def on_step_end(self, trainer, metrics) -> None:
-        self.losses[trainer.step] = metrics["loss"]
-        if self.stop_at is not None and trainer.step >= self.stop_at:
-            trainer.should_stop = True
-
-
-def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+config = partial(training_config, precision="bf16")
+_resume_run = partial(resume_run, precision="bf16")
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,7 +34,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_bf16_training_learns_and_its_checkpoint_resumes(prepared, tmp_path: Path, capsys) -> None:
-    train = loader(prepared, batch_size=16, tokens=20_000)
+    train = small_loader(prepared, batch_size=16, tokens=20_000)
     recorder = StepLosses()
     cfg = config(tmp_path, max_steps=30, batch_size=16, save_every=30, warmup_steps=5)
     trainer = Trainer(tiny_model(prepared), cfg, train, tokenizer=prepared.tokenizer, callbacks=[recorder])
@@ -124,23 +70,6 @@ def test_bf16_training_learns_and_its_checkpoint_resumes(prepared, tmp_path: Pat
     assert statistics.mean(more.losses.values()) < statistics.mean(losses[:5]) - 0.5
 
 
-def _resume_run(
-    prepared, tmp_path: Path, stop_at: int | None, resume_from: Path | None = None, seed: int = 0
-):
-    # As test_training_trainer.py's exact-resume run: dropout, accumulation, evaluation, warmup.
-    train = loader(prepared, batch_size=4, tokens=2000)  # 15 batches: an odd window ends each epoch
-    val = loader(prepared, batch_size=8, tokens=600, shuffle=False, split="val")
-    cfg = config(
-        tmp_path, max_steps=40, batch_size=4, gradient_accumulation_steps=2, eval_every=7, warmup_steps=5
-    )
-    recorder = StepLosses(stop_at=stop_at)
-    trainer = Trainer(tiny_model(prepared, seed=seed, dropout=0.1), cfg, train, val, callbacks=[recorder])
-    if resume_from is not None:
-        trainer.load_checkpoint(resume_from)
-    trainer.train()
-    return trainer, recorder.losses
-
-
 @pytest.mark.slow
 def test_bf16_resume_is_bit_exact(prepared, tmp_path: Path) -> None:
     # bf16 autocast on a CPU is deterministic: an interrupted and resumed run computes exactly
@@ -150,7 +79,7 @@ def test_bf16_resume_is_bit_exact(prepared, tmp_path: Path) -> None:
     assert first.precision.name == "bf16"
     path = first.save_checkpoint("interrupted")
     del first
-    last, losses_b = _resume_run(prepared, tmp_path / "split", stop_at=None, resume_from=path, seed=123)
+    last, losses_b = _resume_run(prepared, tmp_path / "split", stop_at=None, resume_from=path, model_seed=123)
     assert sorted(straight) == list(range(1, 41))
     assert {**losses_a, **losses_b} == straight  # bit-identical float losses at every step
     for (name, a), b in zip(
@@ -164,8 +93,8 @@ def test_bf16_resume_is_bit_exact(prepared, tmp_path: Path) -> None:
 
 def test_bf16_accumulation_4x16_agrees_with_64(prepared, tmp_path: Path) -> None:
     """The same gradient up to bf16 rounding: a wrongly scaled micro-batch would be off by 4x."""
-    big = loader(prepared, batch_size=64, tokens=70 * 33, shuffle=False, split="val")
-    small = loader(prepared, batch_size=16, tokens=70 * 33, shuffle=False, split="val")
+    big = small_loader(prepared, batch_size=64, tokens=70 * 33, shuffle=False, split="val")
+    small = small_loader(prepared, batch_size=16, tokens=70 * 33, shuffle=False, split="val")
     batch = next(iter(big))
     it = iter(small)
     micro = [next(it) for _ in range(4)]
@@ -185,7 +114,7 @@ def test_bf16_accumulation_4x16_agrees_with_64(prepared, tmp_path: Path) -> None
         trainer = Trainer(model, cfg, big if accumulation == 1 else small)
         assert trainer.precision.name == precision
         losses[name] = trainer.forward_backward(batches)
-        grads[name] = _grads(model)
+        grads[name] = grads_of(model)
     torch.testing.assert_close(losses["bf16 4x16"], losses["bf16 64"], rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(losses["bf16 64"], losses["fp32 64"], rtol=1e-2, atol=1e-2)
     assert grads["bf16 4x16"].keys() == grads["bf16 64"].keys() == grads["fp32 64"].keys()
@@ -225,7 +154,7 @@ def test_the_trainer_says_why_nima_cpu_bf16_chose(
     value: str, expected: str, prepared, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NIMA_CPU_BF16", value)
-    train = loader(prepared, batch_size=8, tokens=1000)
+    train = small_loader(prepared, batch_size=8, tokens=1000)
     trainer = Trainer(tiny_model(prepared), config(tmp_path, precision="auto", max_steps=2), train)
     assert trainer.train()["precision"] == expected
     assert f"precision: {expected} (NIMA_CPU_BF16={value} in the environment)" in capsys.readouterr().out

@@ -8,13 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from tiny import model_args
+from training_helpers import start_until
 
 from nima.errors import ConfigError
 from nima.training import cli, recipe
@@ -39,19 +38,6 @@ def train_script(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
-
-
-def start_until(command: list[str], env: dict[str, str], ready: Callable[[], bool]) -> subprocess.Popen:
-    """Start ``command`` in the checkout; return the running job once ``ready()`` holds (the test
-    fails if the job ends first or 120 s pass)."""
-    job = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120
-    while not ready():
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.05)
-    return job
 
 
 @pytest.mark.slow

@@ -6,88 +6,24 @@ import json
 import math
 import os
 import signal
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from tiny import model_config
+from training_helpers import StepLosses, grads_of, resume_run, small_loader, tiny_model, training_config
 
 from nima.checkpoint import atomic_save, load_model_from_checkpoint
-from nima.data import DataCollator, TokenWindowDataset, create_dataloader, prepare
 from nima.errors import CheckpointError, ConfigError, TrainingDivergedError
-from nima.models import create_model
-from nima.training import Callback, EarlyStopping, Trainer, TrainingConfig
+from nima.training import Callback, EarlyStopping, Trainer
 
-
-@pytest.fixture(scope="module")
-def prepared(session_data_dir: Path):
-    return prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-
-
-def tiny_model(prepared, seed: int = 0, **overrides) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return create_model(model_config(prepared.tokenizer.vocab_size, **overrides))
-
-
-def small_loader(
-    prepared,
-    batch_size: int = 8,
-    tokens: int = 5000,
-    shuffle: bool = True,
-    split: str = "train",
-    max_length: int = 32,
-    seed: int = 0,
-):
-    data = np.asarray(prepared.tokens(split)[:tokens])
-    dataset = TokenWindowDataset(
-        data,
-        max_length,
-        seed=seed,
-        random_offset=shuffle,
-        include_partial=not shuffle,
-        tokenizer_identity=prepared.tokenizer.identity(),
-        prepared_path=prepared.path,
-    )
-    return create_dataloader(
-        dataset, batch_size, collate_fn=DataCollator(prepared.tokenizer), shuffle=shuffle, seed=seed
-    )
-
-
-def config(tmp_path: Path, **kw) -> TrainingConfig:
-    # fp32 whatever the CPU: these tests compare losses, gradients and weights exactly (bf16 has
-    # its own tests in test_training_bf16.py).
-    base = {
-        "precision": "fp32",
-        "max_steps": 10,
-        "batch_size": 8,
-        "learning_rate": 3e-3,
-        "output_dir": str(tmp_path / "out"),
-        "log_every": 1,
-        "eval_every": 0,
-        "save_every": 0,
-        "progress_bar": False,
-        "eval_batches": 4,
-    }
-    return TrainingConfig(**{**base, **kw})
-
-
-class StepLosses(Callback):
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.losses: dict[int, float] = {}
-        self.stop_at = stop_at
-
-    def on_step_end(self, trainer, metrics) -> None:
-        self.losses[trainer.step] = metrics["loss"]
-        if self.stop_at is not None and trainer.step >= self.stop_at:
-            trainer.should_stop = True
+# fp32 whatever the CPU: these tests compare losses, gradients and weights exactly (bf16 has
+# its own tests in test_training_bf16.py).
+config = partial(training_config, precision="fp32")
+_resume_run = partial(resume_run, precision="fp32")
 
 
 # ---------------------------------------------------------------- gradient accumulation
-
-
-def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_accumulation_16x4_equals_64(prepared, tmp_path: Path) -> None:
@@ -100,7 +36,7 @@ def test_accumulation_16x4_equals_64(prepared, tmp_path: Path) -> None:
     it = iter(small)
     loss_b = b.forward_backward([next(it) for _ in range(4)])
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
-    grads_a, grads_b = _grads(model_a), _grads(model_b)
+    grads_a, grads_b = grads_of(model_a), grads_of(model_b)
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -123,8 +59,8 @@ def test_accumulation_weights_micro_batches_by_labelled_tokens(prepared, tmp_pat
         [{"input_ids": ids[:2], "labels": labels[:2]}, {"input_ids": ids[2:], "labels": labels[2:]}]
     )
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
-    for name, grad in _grads(model_a).items():
-        torch.testing.assert_close(grad, _grads(model_b)[name], rtol=1e-4, atol=1e-6)
+    for name, grad in grads_of(model_a).items():
+        torch.testing.assert_close(grad, grads_of(model_b)[name], rtol=1e-4, atol=1e-6)
 
 
 def test_accumulated_training_matches_big_batches_end_to_end(prepared, tmp_path: Path) -> None:
@@ -218,35 +154,6 @@ def test_results_metrics_and_checkpoints(prepared, tmp_path: Path) -> None:
 
     model, loaded = load_model_from_checkpoint(ckdir / "best_model.pt")
     assert not model.training and loaded["step"] in (4, 8, 12)
-
-
-def _resume_run(
-    prepared,
-    tmp_path: Path,
-    stop_at: int | None,
-    resume_from: Path | None = None,
-    model_seed: int = 0,
-    recorder: StepLosses | None = None,
-):
-    train = small_loader(prepared, batch_size=4, tokens=2000)  # 15 batches: an odd window ends each epoch
-    val = small_loader(prepared, batch_size=8, tokens=600, shuffle=False, split="val")
-    cfg = config(
-        tmp_path,
-        max_steps=40,
-        batch_size=4,
-        gradient_accumulation_steps=2,
-        eval_every=7,
-        save_every=0,
-        warmup_steps=5,
-    )
-    recorder = recorder or StepLosses(stop_at=stop_at)
-    trainer = Trainer(
-        tiny_model(prepared, seed=model_seed, dropout=0.1), cfg, train, val, callbacks=[recorder]
-    )
-    if resume_from is not None:
-        trainer.load_checkpoint(resume_from)
-    trainer.train()
-    return trainer, recorder.losses
 
 
 @pytest.mark.slow
