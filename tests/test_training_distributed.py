@@ -88,10 +88,8 @@ WORKER = SHARDED_LOADER + textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "torch.compile"])
 def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path, compiled: bool) -> None:
-    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    report, stdout = _torchrun(script, prepared.path, tmp_path / "out", *(["compile"] if compiled else []))
+    extra = ["compile"] if compiled else []
+    report, stdout = _run_worker(WORKER, "worker", tmp_path, session_data_dir, *extra)
     assert report["world_size"] == 2
     assert report["max_param_diff"] == 0.0  # same weights on both ranks after training
     assert not report["same_first_batch"]  # each rank reads its own shard
@@ -139,10 +137,7 @@ DIVERGE_WORKER = SHARDED_LOADER + textwrap.dedent(
 def test_divergence_on_one_rank_stops_every_rank_before_saving(
     tmp_path: Path, session_data_dir: Path
 ) -> None:
-    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-    script = tmp_path / "diverge_worker.py"
-    script.write_text(DIVERGE_WORKER)
-    report, _ = _torchrun(script, prepared.path, tmp_path / "out")
+    report, _ = _run_worker(DIVERGE_WORKER, "diverge_worker", tmp_path, session_data_dir)
     assert report["stopped_at"] == [6, 6] and report["raised"] == [True, True]
     assert "between steps 4 and 6" in report["message"]
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step_4.pt"]
@@ -181,10 +176,7 @@ SKIP_WORKER = SHARDED_LOADER + textwrap.dedent(
 def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path: Path, session_data_dir: Path) -> None:
     # The gradients are reduced before the check: every rank sees the same nan norm, skips the
     # same step, and the replicas stay identical.
-    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-    script = tmp_path / "skip_worker.py"
-    script.write_text(SKIP_WORKER)
-    report, _ = _torchrun(script, prepared.path, tmp_path / "out")
+    report, _ = _run_worker(SKIP_WORKER, "skip_worker", tmp_path, session_data_dir)
     (skipped_0, finite_0, sum_0), (skipped_1, finite_1, sum_1) = report["ranks"]
     assert report["steps"] == 8 and skipped_0 == skipped_1 == 1 and finite_0 == finite_1 == 1
     assert sum_0 == sum_1
@@ -267,10 +259,7 @@ def test_two_process_resume_and_preemption_are_bit_exact(
 ) -> None:
     # With dropout on, each rank draws its own random stream; the checkpoint must hold every
     # rank's, or the resumed run drifts from the uninterrupted one.
-    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-    script = tmp_path / "resume_worker.py"
-    script.write_text(RESUME_WORKER)
-    report, _ = _torchrun(script, prepared.path, tmp_path / "out", strategy)
+    report, _ = _run_worker(RESUME_WORKER, "resume_worker", tmp_path, session_data_dir, strategy)
     assert report["max_diff"] == 0.0 and report["steps"] == 6
     # A SIGTERM seen by one rank stops both at the same step, with one checkpoint that resumes exactly.
     assert report["preempted_at"] == [3, 15]
@@ -351,10 +340,7 @@ FSDP_WORKER = WORKER_START + textwrap.dedent(
 
 @pytest.mark.slow
 def test_fsdp_matches_ddp_and_resumes_exactly(tmp_path: Path, session_data_dir: Path) -> None:
-    prepared = prepare("tiny_shakespeare", "char", data_dir=session_data_dir)
-    script = tmp_path / "fsdp_worker.py"
-    script.write_text(FSDP_WORKER)
-    report, stdout = _torchrun(script, prepared.path, tmp_path / "out")
+    report, stdout = _run_worker(FSDP_WORKER, "fsdp_worker", tmp_path, session_data_dir)
     assert report["sharded"] is True and report["val_loss"] is not None
     # Same data, same initial weights, same dropout streams: sharding changes only summation order.
     assert report["fsdp_vs_ddp"] < 1e-5
@@ -368,6 +354,15 @@ def test_fsdp_matches_ddp_and_resumes_exactly(tmp_path: Path, session_data_dir: 
     assert report["bf16_checkpoint_dtypes"] == ["torch.float32"]
     losses = report["bf16_val_loss"]
     assert abs(losses["fsdp"] - losses["ddp"]) < 0.01, losses
+
+
+def _run_worker(source: str, name: str, tmp_path: Path, data_dir: Path, *extra: str) -> tuple[dict, str]:
+    """Write ``source`` to ``<tmp_path>/<name>.py`` and run it under torchrun on the prepared tiny
+    Shakespeare, with ``<tmp_path>/out`` as its output folder."""
+    prepared = prepare("tiny_shakespeare", "char", data_dir=data_dir)
+    script = tmp_path / f"{name}.py"
+    script.write_text(source)
+    return _torchrun(script, prepared.path, tmp_path / "out", *extra)
 
 
 def _torchrun(script: Path, prepared: Path, out: Path, *extra: str) -> tuple[dict, str]:
