@@ -13,7 +13,8 @@ logging or saving step, where ``training.on_nonfinite`` decides:
   only after ``max_consecutive_skips`` non-finite steps in a row.
 
 fp16's loss scaler skips overflowing steps itself, as part of finding its scale: those are logged
-as skipped, not taken as failures.
+as skipped, not taken as failures. A skipped step still counts as a step: the step number and
+the learning-rate schedule move on (as with the loss scaler), the weights do not.
 """
 
 from __future__ import annotations
