@@ -99,6 +99,7 @@ def test_skip_goes_on_without_the_broken_step_and_logs_it(tmp_path: Path) -> Non
     logged = {r["step"]: r for r in records(tmp_path) if "loss" in r}
     assert logged[10]["skipped_steps"] == 2 and "skipped_steps" not in logged[12]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged.values())  # skipped losses left out
+    assert "| skipped steps | 2 (" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
 
 

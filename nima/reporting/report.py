@@ -152,6 +152,7 @@ def gather(run: RunFolder) -> dict[str, Any]:
         "bytes_per_token": ratio,
         "mfu": sorted(mfu)[len(mfu) // 2] if mfu else None,
         "peak_memory_gib": max(memory) if memory else None,
+        "skipped_steps": int(sum(run.values("skipped_steps"))),
         "device": info.get("device"),
         "device_name": info.get("device_name"),
         "precision": _first(info.get("precision"), results.get("precision"), ckpt.get("precision")),
@@ -279,6 +280,9 @@ def _how_well(f: dict[str, Any]) -> list[str]:
     out.append(f"| best validation loss | {best} |")
     if f["final_train_loss"] is not None:
         out.append(f"| final training loss | {f['final_train_loss']:.4f} |")
+    if f["skipped_steps"]:
+        why = "nan or inf gradients, or fp16 loss-scale overflows; not applied"
+        out.append(f"| skipped steps | {f['skipped_steps']} ({why}) |")
     out.append("")
     out.append(
         "Losses are in nats per token over the validation batches of each evaluation "
