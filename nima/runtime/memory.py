@@ -146,11 +146,12 @@ def estimate_training_memory(
     c_d, c_f = ACTIVATION_BYTES[precision]
     on_cpu = str(device).startswith("cpu")
 
-    def heap(block_bytes: float, slack: float) -> float:  # the heap's slack where it serves blocks
+    slack = HEAP_SLACK_RECOMPUTE if gc else HEAP_SLACK
+
+    def heap_slack(block_bytes: float) -> float:  # glibc's heap serves blocks under its mmap threshold
         return slack if on_cpu and block_bytes < HEAP_BLOCK_LIMIT else 1.0
 
-    slack = HEAP_SLACK_RECOMPUTE if gc else HEAP_SLACK
-    per_layer = tokens * (c_d * d * heap(tokens * d * 4, slack) + c_f * f * heap(tokens * f * 4, slack))
+    per_layer = tokens * (c_d * d * heap_slack(tokens * d * 4) + c_f * f * heap_slack(tokens * f * 4))
     if config.dropout > 0:
         per_layer += tokens * 2 * d  # two dropout masks (1 byte each) per block
     if quadratic_attention:

@@ -305,7 +305,7 @@ class Trainer:
         loss anyway (logging and saving steps); under torchrun every process calls it together."""
         loss_finite, guard = self.meter.check_numerics(self.device, self.dist.enabled)
         config = self.config
-        stop_on_guard = guard.nonfinite_steps > 0 if config.on_nonfinite == "stop" else False
+        stop_on_guard = config.on_nonfinite == "stop" and guard.nonfinite_steps > 0
         if not loss_finite or stop_on_guard or guard.longest_run >= config.max_consecutive_skips:
             raise diverged_error(
                 self._last_finite_step, self.step, self.output_dir, config, guard, loss_finite
