@@ -12,7 +12,6 @@ This module imports only torch and numpy, so the Trainer can use it without an i
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from nima.evaluation.metrics import EvalResult
 from nima.evaluation.text_units import count_text_units
 from nima.evaluation.windows import Window, count_windows, plan_windows
 from nima.runtime.precision import autocast_for
+from nima.runtime.wrapping import loss_only
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -37,23 +37,12 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _accepts_return_logits(model: torch.nn.Module) -> bool:
-    try:
-        return "return_logits" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _summed_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     """Sum of negative log-likelihoods (nats) over labels != -100, and how many there were."""
     n_scored = int((labels != IGNORE_INDEX).sum())
     if n_scored == 0:
         return 0.0, 0
-    if _accepts_return_logits(model):
-        # The loss alone is needed: skip materialising (B, T, vocab) logits where the model allows it.
-        out = model(input_ids, labels=labels, return_logits=False)
-    else:
-        out = model(input_ids, labels=labels)
+    out = model(input_ids, labels=labels, **loss_only(model))
     loss = getattr(out, "loss", None)
     if loss is not None:
         # The model's loss is the mean over scored labels; scale back to a sum.

@@ -26,7 +26,7 @@ from nima.runtime.precision import (
     choose_precision,
     inference_precision,
 )
-from nima.runtime.wrapping import unwrap_model
+from nima.runtime.wrapping import loss_only, unwrap_model
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ __all__ = [
     "device_kind",
     "inference_precision",
     "is_sharded",
+    "loss_only",
     "resolve_device",
     "seed_everything",
     "unwrap_model",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -14,3 +16,17 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model.module
         else:
             return model
+
+
+def loss_only(model: torch.nn.Module) -> dict[str, bool]:
+    """Keyword arguments asking ``model`` for its loss alone: ``{"return_logits": False}`` where
+    its forward takes them (Nima's GPT then never holds the (B, T, vocab) logits), else none.
+
+    Training, validation and evaluation all need the loss only; with a large vocabulary the full
+    logits of a batch can take several times the memory of the rest of the step.
+    """
+    try:
+        forward = inspect.signature(unwrap_model(model).forward)
+    except (TypeError, ValueError):
+        return {}
+    return {"return_logits": False} if "return_logits" in forward.parameters else {}

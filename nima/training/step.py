@@ -7,7 +7,6 @@ flag come back as device tensors; a non-finite step is not applied (see training
 from __future__ import annotations
 
 import ctypes
-import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from nima.distributed import no_sync
-from nima.runtime import Runtime, unwrap_model
+from nima.runtime import Runtime, loss_only
 from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
 from nima.training.guard import NonfiniteGuard
 
@@ -66,7 +65,7 @@ class TrainStep:
         keep_freed_memory()
         # Training never needs the logits: the model may then compute the loss in chunks, never
         # holding (B, T, vocab) logits at long contexts (see GPT.forward).
-        self._loss_only = {"return_logits": False} if _accepts_return_logits(model) else {}
+        self._loss_only = loss_only(model)
 
     def __call__(self, batches: list[Any]) -> StepOutput:
         """Train on ``batches``: forward, backward, clip, update (skipped when the gradients are
@@ -151,13 +150,6 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's value as a plain tensor (replicated scalars: the same on every rank)."""
     return tensor.full_tensor() if _is_dtensor(tensor) else tensor
-
-
-def _accepts_return_logits(model: nn.Module) -> bool:
-    try:
-        return "return_logits" in inspect.signature(unwrap_model(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # glibc serves blocks over M_MMAP_THRESHOLD with fresh mappings and hands the top of its heap back

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from nima.distributed import all_reduce_sum
 from nima.errors import ConfigError
-from nima.runtime import Runtime
+from nima.runtime import Runtime, loss_only
 from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
 from nima.training.cursor import position_loader, quiet_rng
 
@@ -38,6 +38,8 @@ class Validator:
         self.best_val_loss = math.inf
         self.last_val_loss: float | None = None
         self.last_step = -1
+        # The loss alone: full (B, T, vocab) logits could outgrow the training step's memory.
+        self._loss_only = loss_only(model)
 
     @property
     def enabled(self) -> bool:
@@ -75,7 +77,7 @@ class Validator:
         for _, batch in zip(range(max_batches or len(self.loader)), iterator, strict=False):
             input_ids, labels = (t.to(device) for t in unpack_batch(batch))
             with self.runtime.autocast():
-                loss = loss_of(model(input_ids, labels=labels))
+                loss = loss_of(model(input_ids, labels=labels, **self._loss_only))
             n = (labels != IGNORE_INDEX).sum()
             loss_sum += loss.double() * n
             count += n
