@@ -3,6 +3,7 @@ one-line refusal, and progress lines that do not wait for slow steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from nima.training import (
     find_max_batch_size,
     get_optimizer,
     get_scheduler,
+    setup,
 )
 from nima.training.recipe import build_run
 from nima.training.step import TrainStep
@@ -246,3 +248,27 @@ def test_running_out_of_gpu_memory_during_training_is_one_line_not_a_traceback(t
     message = str(refused.value)
     assert "\n" not in message and message.startswith("the GPU ran out of memory at step 3 (the plan: ")
     assert "training.batch_size: auto" in message and "model.gradient_checkpointing: true" in message
+
+
+def test_a_background_checkpoints_copy_is_planned_and_named_as_a_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # async_checkpoint copies the weights and optimizer state while training goes on: on a CPU
+    # that copy shares the memory with the steps, so the plan counts it.
+    config = ModelConfig(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, max_seq_len=1024)
+    cpu = Runtime(DistributedContext(), torch.device("cpu"), PrecisionChoice("fp32", "cpu", "test"))
+    plain = setup.estimate_for(config, 4, 1024, cpu, TrainingConfig())
+    background = setup.estimate_for(config, 4, 1024, cpu, TrainingConfig(async_checkpoint=True))
+    assert plain.checkpoint_copy == 0
+    assert background.checkpoint_copy == plain.weights + plain.optimizer  # fp32 weights, two AdamW moments
+    assert background.total == plain.total + background.checkpoint_copy
+    assert "checkpoint copy 1.4 GiB" in background.describe()
+    on_gpu = estimate_training_memory(config, 4, 1024, device="cuda", background_checkpoint=True)
+    assert on_gpu.checkpoint_copy == 0  # the copy goes to host memory, not the GPU's
+
+    # Room for the step but not for the copy: refused, with turning the background off as a fix.
+    room = (plain.total + background.total) // 2 / 0.85  # HEADROOM: 85% of what is available is usable
+    monkeypatch.setenv("NIMA_MEMORY_LIMIT", str(int(room)))
+    model = create_model(dataclasses.replace(config, n_layers=1))  # the plan uses its config only
+    model.config = config
+    with pytest.raises(ConfigError, match=r"training\.async_checkpoint: false"):
+        setup.plan_memory(model, TrainingConfig(precision="fp32", async_checkpoint=True), 4, 1024, cpu)
+    assert setup.plan_memory(model, TrainingConfig(precision="fp32"), 4, 1024, cpu) is not None

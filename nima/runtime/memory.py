@@ -72,12 +72,16 @@ class MemoryPlan:
     seq_len: int
     precision: str
     gradient_checkpointing: bool
+    checkpoint_copy: int = 0
+    """A checkpoint written in the background (``async_checkpoint``) on a CPU: its copy of the
+    weights and optimizer state lives in the same memory while training goes on."""
 
     @property
     def total(self) -> int:
         return (
             self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.workspace
-        )
+            + self.checkpoint_copy
+        )  # fmt: skip
 
     @property
     def usable(self) -> int | None:
@@ -93,10 +97,11 @@ class MemoryPlan:
         have = f"{_gib(self.available)} available ({where})" if self.available is not None else "?"
         gc = ", gradient checkpointing" if self.gradient_checkpointing else ""
         activations = self.activations + self.logits + self.workspace
+        copy = f" + checkpoint copy {_gib(self.checkpoint_copy)}" if self.checkpoint_copy else ""
         return (
             f"memory plan: weights {_gib(self.weights)} + gradients {_gib(self.gradients)} + optimizer "
             f"{_gib(self.optimizer)} + activations {_gib(activations)} (batch {self.batch_size} x "
-            f"{self.seq_len}, {self.precision}{gc}) = {_gib(self.total)} of {have}"
+            f"{self.seq_len}, {self.precision}{gc}){copy} = {_gib(self.total)} of {have}"
         )
 
 
@@ -130,6 +135,7 @@ def estimate_training_memory(
     loss_chunk_rows: int | None = None,
     device: str = "cpu",
     available: int | None = None,
+    background_checkpoint: bool = False,
 ) -> MemoryPlan:
     """The memory one training step of a GPT with ``config`` needs at ``batch_size`` sequences
     of ``seq_len`` tokens (default: the model's context).
@@ -137,6 +143,8 @@ def estimate_training_memory(
     ``quadratic_attention``: attention keeps (T x T) scores (no fused kernel for the setting).
     ``loss_chunk_rows``: the loss is computed in chunks of this many positions (the full
     ``(B, T, vocab)`` logits are never held); None: whole.
+    ``background_checkpoint``: checkpoints are written in the background; on a CPU their copy of
+    the weights and optimizer state shares the memory with the steps that go on meanwhile.
     """
     seq_len = seq_len or config.max_seq_len
     gc = config.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
@@ -163,10 +171,11 @@ def estimate_training_memory(
     rows = tokens if loss_chunk_rows is None else min(tokens, loss_chunk_rows)
     logits = rows * config.vocab_size * 4 * 3  # logits, their log-softmax and its gradient, fp32
     autocast_copies = params * 2 if precision in ("bf16", "fp16") else 0  # low-precision weight casts
+    optimizer_bytes = params * 4 * OPTIMIZER_STATES.get(optimizer, 2)
     return MemoryPlan(
         weights=params * 4 + autocast_copies,
         gradients=params * 4,
-        optimizer=params * 4 * OPTIMIZER_STATES.get(optimizer, 2),
+        optimizer=optimizer_bytes,
         activations=int(activations),
         logits=int(logits),
         workspace=WORKSPACE_FIXED + (0 if _fused_optimizers(device) else params * 4),
@@ -176,6 +185,7 @@ def estimate_training_memory(
         seq_len=seq_len,
         precision=precision,
         gradient_checkpointing=bool(gc),
+        checkpoint_copy=params * 4 + optimizer_bytes if background_checkpoint and on_cpu else 0,
     )
 
 

@@ -138,7 +138,7 @@ def fit_auto_batch(config: RunConfig, model: Any, runtime: Runtime, say: Say) ->
     training, optimizer = config.training, config.training.optimizer_type
     target = training.effective_batch_size
     fit = fit_batch(model, target, config.model.max_seq_len, runtime.device, runtime.precision, optimizer)
-    planned = setup.largest_planned_batch(config.model, fit.micro_batch, target, runtime, optimizer)
+    planned = setup.largest_planned_batch(config.model, fit.micro_batch, target, runtime, training)
     if planned < fit.micro_batch:  # the plan is the more careful of the two: follow it
         fit = dataclasses.replace(fit, micro_batch=planned, accumulation=target // planned)
     if runtime.dist.enabled:  # every process must take the same micro-batch

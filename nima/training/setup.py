@@ -167,22 +167,23 @@ def plan_memory(
     model_config = getattr(model, "config", None)
     if not isinstance(model_config, ModelConfig) or not batch_size or not seq_len:
         return None
-    plan = estimate_for(model_config, batch_size, seq_len, runtime, config.optimizer_type)
+    plan = estimate_for(model_config, batch_size, seq_len, runtime, config)
     if not plan.fits:
         raise ConfigError(memory_refusal(plan, model_config, config, runtime))
     return plan
 
 
 def estimate_for(
-    model_config: ModelConfig, batch_size: int, seq_len: int, runtime: Runtime, optimizer_type: str
+    model_config: ModelConfig, batch_size: int, seq_len: int, runtime: Runtime, config: TrainingConfig
 ) -> MemoryPlan:
-    """:func:`estimate_training_memory` for this device, precision and model settings."""
+    """:func:`estimate_training_memory` for this device, precision, model and training settings."""
     return estimate_training_memory(
         model_config,
         batch_size,
         seq_len,
         precision=runtime.precision.name,
-        optimizer=optimizer_type,
+        optimizer=config.optimizer_type,
+        background_checkpoint=config.async_checkpoint,
         quadratic_attention=quadratic_attention(model_config, runtime),
         loss_chunk_rows=LOSS_CHUNK_ROWS,
         device=str(runtime.device),
@@ -202,7 +203,7 @@ def memory_refusal(
     accum = config.gradient_accumulation_steps
     fixes = []
     for micro in (m for m in (16, 8, 4, 2, 1) if m < plan.batch_size and plan.batch_size % m == 0):
-        smaller = estimate_for(model_config, micro, plan.seq_len, runtime, config.optimizer_type)
+        smaller = estimate_for(model_config, micro, plan.seq_len, runtime, config)
         if smaller.fits:
             steps = accum * plan.batch_size // micro
             fixes.append(
@@ -213,10 +214,14 @@ def memory_refusal(
     if not plan.gradient_checkpointing:
         checkpointed = estimate_for(
             dataclasses.replace(model_config, gradient_checkpointing=True), plan.batch_size, plan.seq_len,
-            runtime, config.optimizer_type,
+            runtime, config,
         )  # fmt: skip
         if checkpointed.fits:
             fixes.append(f"model.gradient_checkpointing: true ({checkpointed.total / 2**30:.1f} GiB)")
+    if plan.checkpoint_copy and plan.usable is not None and plan.total - plan.checkpoint_copy <= plan.usable:
+        fixes.append(
+            "training.async_checkpoint: false (saving then pauses training instead of copying the state)"
+        )
     if quadratic_attention(model_config, runtime):
         fixes.append("model.attn_dropout: 0 (attention memory then grows linearly with the context)")
     fixes += ["training.batch_size: auto (measures what fits)", "a shorter model.max_seq_len"]
@@ -238,12 +243,12 @@ def out_of_memory(step: int, plan: MemoryPlan | None) -> str:
 
 
 def largest_planned_batch(
-    model_config: ModelConfig, upper: int, effective: int, runtime: Runtime, optimizer_type: str
+    model_config: ModelConfig, upper: int, effective: int, runtime: Runtime, config: TrainingConfig
 ) -> int:
     """The largest divisor of ``effective`` up to ``upper`` whose memory plan fits (at least 1)."""
     for micro in range(upper, 0, -1):
         if effective % micro == 0:
-            plan = estimate_for(model_config, micro, model_config.max_seq_len, runtime, optimizer_type)
+            plan = estimate_for(model_config, micro, model_config.max_seq_len, runtime, config)
             if plan.fits:
                 return micro
     return 1
