@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_helpers import small_loader, tiny_model, training_config
 
 from nima.config import RunConfig
 from nima.distributed import DistributedContext
 from nima.errors import ConfigError
 from nima.models import LOSS_CHUNK_ROWS, ModelConfig, create_model
 from nima.runtime import PrecisionChoice, Runtime
-from nima.runtime.memory import available_memory, estimate_training_memory, measure_peak
+from nima.runtime.memory import HEADROOM, available_memory, estimate_training_memory, measure_peak
 from nima.training import (
     ProgressPrinter,
     Trainer,
@@ -28,6 +29,7 @@ from nima.training import (
     get_scheduler,
     setup,
 )
+from nima.training.memory_watch import MemoryWatch
 from nima.training.recipe import build_run
 from nima.training.step import TrainStep
 
@@ -272,3 +274,52 @@ def test_a_background_checkpoints_copy_is_planned_and_named_as_a_fix(monkeypatch
     with pytest.raises(ConfigError, match=r"training\.async_checkpoint: false"):
         setup.plan_memory(model, TrainingConfig(precision="fp32", async_checkpoint=True), 4, 1024, cpu)
     assert setup.plan_memory(model, TrainingConfig(precision="fp32"), 4, 1024, cpu) is not None
+
+
+class MemoryLeft:
+    """Stands in for the machine's free memory: plenty, until ``low_after`` steps have run."""
+
+    def __init__(self, low_after: int) -> None:
+        self.low_after = low_after
+        self.steps = 0
+
+    def on_step(self, trainer: Trainer) -> None:
+        self.steps = trainer.step
+
+    def __call__(self) -> int:
+        return 100 * MiB if self.steps >= self.low_after else 20 * 1024 * MiB
+
+
+@pytest.mark.parametrize("async_checkpoint", [False, True])
+def test_a_cpu_run_running_out_of_memory_saves_and_stops_in_one_line(
+    tmp_path: Path, prepared, monkeypatch: pytest.MonkeyPatch, async_checkpoint: bool
+) -> None:
+    # A CPU that runs out of memory is killed silently: when the machine's free memory falls under
+    # the floor between steps (here after step 3), the run saves that step and stops with one line.
+    left = MemoryLeft(low_after=3)
+    monkeypatch.setattr("nima.training.memory_watch.system_memory_left", left)
+    config = training_config(tmp_path, "fp32", async_checkpoint=async_checkpoint, log_every=5)
+    trainer = Trainer(tiny_model(prepared), config, small_loader(prepared), callbacks=[left])
+    trainer.memory_watch.every_s = 0  # read at every step (a real run reads at most once a second)
+    assert trainer.memory_watch.floor == 512 * MiB  # 5% of 20 GiB is more: the floor is 512 MiB
+    with pytest.raises(ConfigError) as stopped:
+        trainer.train()
+    message = str(stopped.value)
+    saved = tmp_path / "out" / "checkpoints" / "step_3.pt"
+    assert "\n" not in message and message.startswith("memory is running out: 100 MiB left on this machine")
+    assert f"after step 3 (the floor is 512 MiB); saved {saved}" in message and "--resume" in message
+    assert saved.is_file() and not list(saved.parent.glob("*.tmp*"))
+
+    monkeypatch.setattr("nima.training.memory_watch.system_memory_left", lambda: 20 * 1024 * MiB)
+    resumed = Trainer(tiny_model(prepared, seed=1), config, small_loader(prepared))
+    resumed.load_checkpoint(saved)
+    assert resumed.step == 3 and resumed.train()["steps"] == 10
+
+
+def test_the_memory_watch_stays_out_of_a_run_within_its_plan() -> None:
+    # The floor is at most 5% of what the machine had at start: under the 15% the plan leaves.
+    small = MemoryWatch(torch.device("cpu"), available_at_start=2 * 1024 * MiB)
+    assert small.floor == int(0.05 * 2 * 1024 * MiB) < (1 - HEADROOM) * 2 * 1024 * MiB
+    assert not MemoryWatch(torch.device("cuda"), available_at_start=2 * 1024 * MiB).enabled  # CUDA raises
+    watch = MemoryWatch(torch.device("cpu"))
+    assert watch.enabled and not watch.running_out(1, 10, torch.device("cpu"))  # this machine: plenty

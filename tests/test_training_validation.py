@@ -81,9 +81,11 @@ def test_evaluation_never_holds_a_batchs_full_logits(tmp_path: Path) -> None:
     vocab, context, batch = 512, 256, 8  # 2,048 positions a batch: more than LOSS_CHUNK_ROWS
     assert batch * context > LOSS_CHUNK_ROWS
     torch.manual_seed(0)
-    model = create_model(ModelConfig(vocab_size=vocab, d_model=16, n_heads=2, n_layers=1, max_seq_len=context))
-    rng = np.random.default_rng(0)
-    dataset = TokenWindowDataset(rng.integers(0, vocab, context * batch * 2 + 1), context, random_offset=False)
+    model = create_model(
+        ModelConfig(vocab_size=vocab, d_model=16, n_heads=2, n_layers=1, max_seq_len=context)
+    )
+    tokens = np.random.default_rng(0).integers(0, vocab, context * batch * 2 + 1)
+    dataset = TokenWindowDataset(tokens, context, random_offset=False)
     loader = create_dataloader(dataset, batch, collate_fn=DataCollator(), shuffle=False)
     config = TrainingConfig(batch_size=batch, output_dir=str(tmp_path), precision="fp32", progress_bar=False)
     trainer = Trainer(model, config, loader, loader)

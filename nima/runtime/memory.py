@@ -204,8 +204,15 @@ def available_memory(device: torch.device | str) -> int | None:
     if device.type == "cuda":
         found.append(int(torch.cuda.mem_get_info(device)[0]))
     elif device.type == "cpu":
-        found += [_meminfo_available(), _cgroup_room()]
+        found.append(system_memory_left())
     found = [value for value in found if value is not None]
+    return min(found) if found else None
+
+
+def system_memory_left() -> int | None:
+    """Bytes this machine has left now (``MemAvailable``), or less where a cgroup (a container)
+    limits the process; None where neither can be read (not Linux)."""
+    found = [value for value in (_meminfo_available(), _cgroup_room()) if value is not None]
     return min(found) if found else None
 
 

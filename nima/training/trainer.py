@@ -7,6 +7,7 @@
 ``meter``           loss since the last log, tokens/s, MFU, overhead, the nan/inf check
 ``validator``       when to evaluate, the validation loss, the best one so far
 ``checkpointer``    what to save when, atomic and background writes, loading
+``memory_watch``    on a CPU: save and stop before the machine runs out of memory
 callbacks           metrics.jsonl, the progress display, early stopping, your own hooks
 ==================  =================================================================
 
@@ -33,6 +34,7 @@ from nima.training.config import TrainingConfig
 from nima.training.console import make_progress, start_lines
 from nima.training.cursor import DataCursor, Window
 from nima.training.loggers import monitoring_callbacks
+from nima.training.memory_watch import MemoryWatch
 from nima.training.meter import Meter, diverged_error
 from nima.training.mfu import peak_flops_for
 from nima.training.preemption import StopSignal
@@ -132,6 +134,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self.progress: ProgressPrinter | None = None
         self._stop = StopSignal()
+        self.memory_watch = MemoryWatch(self.device)
         self._last_finite_step = 0
 
     # ------------------------------------------------------------------ the loop
@@ -160,6 +163,8 @@ class Trainer:
                 if window.batches:
                     self._train_on(window)
                     self._log_evaluate_save()
+                    if self.memory_watch.running_out(self.step, self.config.log_every, self.device):
+                        self._stop_for_memory()
                 if window.ends_epoch:
                     self._end_epoch()
                     if self.config.max_steps is None and self.cursor.epoch >= self.config.num_epochs:
@@ -263,6 +268,15 @@ class Trainer:
         self.meter.start()
         self.raw_model.train()
         self._stop.install()  # uninstalled when train() ends
+
+    def _stop_for_memory(self) -> None:
+        """Save this step in the foreground (a background save copies the state) and stop: one line."""
+        self._check_numerics()
+        self.checkpointer.wait()
+        self.checkpointer.async_write = False
+        with self.meter.overhead():
+            path = self.save_checkpoint(f"step_{self.step}")
+        raise ConfigError(self.memory_watch.message(self.step, str(path)))
 
     def _interrupted(self, start_step: int) -> None:
         # A second Ctrl-C (the first stops at a step boundary and saves): the step under way may
