@@ -19,7 +19,13 @@ from nima.distributed import DistributedContext
 from nima.errors import ConfigError
 from nima.models import LOSS_CHUNK_ROWS, ModelConfig, create_model
 from nima.runtime import PrecisionChoice, Runtime
-from nima.runtime.memory import HEADROOM, available_memory, estimate_training_memory, measure_peak
+from nima.runtime.memory import (
+    HEADROOM,
+    _cgroup_room,
+    available_memory,
+    estimate_training_memory,
+    measure_peak,
+)
 from nima.training import (
     ProgressPrinter,
     Trainer,
@@ -323,3 +329,22 @@ def test_the_memory_watch_stays_out_of_a_run_within_its_plan() -> None:
     assert not MemoryWatch(torch.device("cuda"), available_at_start=2 * 1024 * MiB).enabled  # CUDA raises
     watch = MemoryWatch(torch.device("cpu"))
     assert watch.enabled and not watch.running_out(1, 10, torch.device("cpu"))  # this machine: plenty
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_a_containers_room_counts_its_reclaimable_page_cache(tmp_path: Path, version: str) -> None:
+    # A container's usage includes the page cache of the files it read and wrote (the memory-mapped
+    # data, checkpoints); its inactive part is reclaimed before anything is killed, so it is room:
+    # without it the memory watch would stop a healthy run whose data filled the cache.
+    files = {
+        "v2": {"memory.max": "1073741824", "memory.current": str(900 * MiB),
+               "memory.stat": f"anon {300 * MiB}\ninactive_file {500 * MiB}\nactive_file {100 * MiB}\n"},
+        "v1": {"memory/memory.limit_in_bytes": "1073741824", "memory/memory.usage_in_bytes": str(900 * MiB),
+               "memory/memory.stat": f"cache {600 * MiB}\ntotal_inactive_file {500 * MiB}\n"},
+    }[version]  # fmt: skip
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _cgroup_room(tmp_path) == (1024 - 900 + 500) * MiB
+    (tmp_path / next(name for name in files if name.endswith("max") or "limit" in name)).write_text("max\n")
+    assert _cgroup_room(tmp_path) is None  # no limit: the machine's MemAvailable decides

@@ -244,20 +244,33 @@ def _meminfo_available() -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def _cgroup_room() -> int | None:
-    """The cgroup's memory limit less its usage (v2, then v1); None without a real limit."""
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The cgroup's memory limit less its working set (v2, then v1); None without a real limit.
+
+    The cgroup's usage counts the page cache too (the memory-mapped data, checkpoints just
+    written); the kernel reclaims its inactive part before it kills anything, so that part is room.
+    """
+    for limit_file, usage_file, stat_file, inactive in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat",
+         "total_inactive_file"),
+    ):  # fmt: skip
         try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 1 << 60:
-            return max(0, int(limit) - usage)
+            return max(0, int(limit) - usage + _stat_field(root / stat_file, inactive))
     return None
+
+
+def _stat_field(path: Path, field: str) -> int:
+    try:
+        match = re.search(rf"^{field} (\d+)$", path.read_text(), re.M)
+    except OSError:
+        return 0
+    return int(match.group(1)) if match else 0
 
 
 # ---------------------------------------------------------------------------- measuring a step
