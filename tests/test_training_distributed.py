@@ -182,6 +182,51 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path: Path, session_data
     assert sum_0 == sum_1
 
 
+LOW_MEMORY_WORKER = SHARDED_LOADER + textwrap.dedent(
+    """
+    import nima.training.memory_watch as memory_watch
+    from nima.errors import ConfigError
+
+    reads = []
+
+    def memory_left():  # rank 1 alone runs short from its 4th reading: at start, steps 3, 6, 9
+        reads.append(1)
+        return 100 * 2**20 if ctx.rank == 1 and len(reads) > 3 else 20 * 2**30
+
+    memory_watch.system_memory_left = memory_left
+    model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, **TINY))
+    cfg = TrainingConfig(max_steps=12, batch_size=4, output_dir=out, eval_every=0, log_every=3,
+                         save_every=0, progress_bar=False, precision="fp32")
+    trainer = Trainer(model, cfg, loader)
+    message = None
+    try:
+        trainer.train()
+    except ConfigError as err:
+        message = str(err)
+    stopped = torch.tensor([trainer.step, int(message is not None)])
+    both = [torch.zeros_like(stopped) for _ in range(ctx.world_size)]
+    dist.all_gather(both, stopped)
+    if ctx.rank == 0:
+        print("RESULT " + json.dumps({"stopped_at": [int(t[0]) for t in both],
+                                      "raised": [bool(t[1]) for t in both], "message": message}))
+    del trainer, model
+    leave()
+    """
+)
+
+
+@pytest.mark.slow
+def test_memory_running_out_on_one_rank_saves_and_stops_every_rank(
+    tmp_path: Path, session_data_dir: Path
+) -> None:
+    # The processes read their memory at logging steps (every 3rd) and decide together: rank 1's
+    # reading at step 9 is short, so both ranks save step 9 and stop there.
+    report, _ = _run_worker(LOW_MEMORY_WORKER, "low_memory_worker", tmp_path, session_data_dir)
+    assert report["stopped_at"] == [9, 9] and report["raised"] == [True, True]
+    assert report["message"].startswith("memory is running out") and "after step 9" in report["message"]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step_9.pt"]
+
+
 RESUME_WORKER = WORKER_START + textwrap.dedent(
     """
     import json, os, signal, sys
