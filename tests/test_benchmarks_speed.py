@@ -80,6 +80,28 @@ def test_train_figures_come_from_results_json(tmp_path):
 
 
 @pytest.mark.slow
+def test_gpu_memory_checks_run_their_three_checks_on_a_cpu(prepared, tmp_path):
+    # On a lent GPU, `python benchmarks/gpu_memory.py --record benchmarks/RESULTS.md` runs the
+    # guide's base config, batch_size: auto and running out of memory mid-run; here, at a tiny size.
+    results_md = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_memory.py"), "--device", "cpu", "--tiny",
+         "--record", str(results_md)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    guide, auto, oom, summary = (json.loads(line) for line in proc.stdout.strip().splitlines()[-4:])
+    assert summary == {"device": "cpu", "held": ["guide", "auto", "oom"], "all_held": True}
+    assert guide["steps"] == 5 and guide["checkpoint_saved"]
+    assert guide["memory_plan"].startswith("memory plan:")
+    assert auto["batch_size_auto"].startswith("batch_size auto: micro-batch")
+    assert oom["message"].startswith("the GPU ran out of memory at step 4") and not oom["traceback"]
+    header, rule, *rows = results_md.read_text().splitlines()
+    assert header.startswith("| date (UTC) | device | check | holds |") and len(rows) == 3
+    assert all("| yes |" in row for row in rows)
+
+
+@pytest.mark.slow
 def test_gpu_benchmark_tiny_on_cpu(tmp_path):
     results_md = tmp_path / "RESULTS.md"
     proc = subprocess.run(
