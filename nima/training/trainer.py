@@ -152,7 +152,9 @@ class Trainer:
         that checkpoint. A second Ctrl-C raises KeyboardInterrupt at once, saving nothing.
         A step whose gradients are nan or inf is never applied; with ``on_nonfinite: stop`` (the
         default), or a nan or inf loss, TrainingDivergedError is raised at the next logging or
-        saving step, before anything from the broken steps is logged or saved.
+        saving step, before anything from the broken steps is logged or saved. On a CPU whose
+        free memory falls under a floor between steps, ``step_N.pt`` is saved and ConfigError
+        raised (see training/memory_watch.py): the run resumes from it.
         """
         start_step = self.step
         self._begin()
