@@ -14,6 +14,7 @@ import pytest
 import torch
 from training_helpers import small_loader, tiny_model, training_config
 
+from nima.checkpoint import load_model_from_checkpoint
 from nima.config import RunConfig
 from nima.distributed import DistributedContext
 from nima.errors import ConfigError
@@ -348,3 +349,17 @@ def test_a_containers_room_counts_its_reclaimable_page_cache(tmp_path: Path, ver
     assert _cgroup_room(tmp_path) == (1024 - 900 + 500) * MiB
     (tmp_path / next(name for name in files if name.endswith("max") or "limit" in name)).write_text("max\n")
     assert _cgroup_room(tmp_path) is None  # no limit: the machine's MemAvailable decides
+
+
+def test_loading_a_model_for_inference_does_not_read_the_optimizer_state(tmp_path: Path, prepared) -> None:
+    # A training checkpoint holds the AdamW moments, twice the weights: `nima generate`, `nima eval`
+    # and `nima export` map the file and read only the weights (a 1B-parameter checkpoint is 12 GB).
+    config = training_config(tmp_path, "fp32", max_steps=1, batch_size=1)
+    model = tiny_model(prepared, d_model=256, n_layers=12, n_heads=4)
+    checkpoint = Trainer(model, config, small_loader(prepared, batch_size=1)).train()["last_checkpoint"]
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    assert Path(checkpoint).stat().st_size > 2.5 * weights  # the optimizer state is in the file
+    peak = measure_peak(lambda: load_model_from_checkpoint(checkpoint))
+    # About 2x the weights: the model, and the file's pages of them (page cache the system can
+    # reclaim); reading the whole file took 4x.
+    assert peak is not None and peak < 3 * weights

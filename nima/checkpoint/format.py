@@ -80,7 +80,9 @@ def make_checkpoint(
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Load a Nima checkpoint with ``weights_only=True``; CheckpointError when missing or foreign.
 
-    ``mmap=True`` maps the tensors instead of reading them: cheap when only the metadata is needed.
+    ``mmap=True`` maps the tensors instead of reading them: only what is used is read, and it stays
+    reclaimable page cache (metadata alone, or a model without its optimizer state). Files in
+    torch's legacy format cannot be mapped and are read whole.
     """
     path = Path(path)
     if not path.is_file():
@@ -92,7 +94,8 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
             warnings.simplefilter("ignore", UserWarning)
-            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            mapped = mmap and zipfile.is_zipfile(path)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mapped)
     except pickle.UnpicklingError as err:
         text = _plain(err)
         code = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
@@ -216,7 +219,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     """Rebuild the GPT saved in a checkpoint: returns ``(model in eval mode on device, checkpoint dict)``."""
     from nima.models import ModelConfig, create_model
 
-    ckpt = load_checkpoint_file(path, map_location="cpu")
+    # Mapped: a training checkpoint's optimizer state (twice the weights) is never read.
+    ckpt = load_checkpoint_file(path, map_location="cpu", mmap=True)
     if not isinstance(ckpt.get("model_config"), dict):
         raise CheckpointError(f"{path} has no model_config; it cannot be rebuilt without one")
     model = create_model(ModelConfig.from_dict(ckpt["model_config"]))
