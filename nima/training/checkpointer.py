@@ -172,7 +172,8 @@ class Checkpointer:
         """Restore the model (and, unless ``weights_only_model``, the optimizer, every registered
         component and the random state) from ``path``; CheckpointError when it does not fit."""
         self.saver.wait()  # the file may be the one still being written
-        ckpt = load_checkpoint_file(path, map_location="cpu")
+        # The weights alone (init_from): mapped, so that the optimizer state is never read.
+        ckpt = load_checkpoint_file(path, map_location="cpu", mmap=weights_only_model)
         self._check_fits(ckpt, path, same_data=not weights_only_model)
         self._load_model(ckpt, path)
         if weights_only_model:
