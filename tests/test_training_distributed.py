@@ -99,9 +99,32 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path, compiled
     assert stdout.count("training ") == 1  # only rank 0 talks
 
 
-DIVERGE_WORKER = SHARDED_LOADER + textwrap.dedent(
+# The end of the workers in which every rank should stop with STOP_ERROR (which they import):
+# train, and report each rank's step and whether it raised.
+STOPPED_EVERY_RANK = textwrap.dedent(
     """
-    from nima.errors import TrainingDivergedError
+    trainer = Trainer(model, cfg, loader)
+    message = None
+    try:
+        trainer.train()
+    except STOP_ERROR as err:
+        message = str(err)
+    stopped = torch.tensor([trainer.step, int(message is not None)])
+    both = [torch.zeros_like(stopped) for _ in range(ctx.world_size)]
+    dist.all_gather(both, stopped)
+    if ctx.rank == 0:
+        print("RESULT " + json.dumps({"stopped_at": [int(t[0]) for t in both],
+                                      "raised": [bool(t[1]) for t in both], "message": message}))
+    del trainer, model
+    leave()
+    """
+)
+
+DIVERGE_WORKER = (
+    SHARDED_LOADER
+    + textwrap.dedent(
+        """
+    from nima.errors import TrainingDivergedError as STOP_ERROR
 
     model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, **TINY))
     forwards = []
@@ -115,21 +138,9 @@ DIVERGE_WORKER = SHARDED_LOADER + textwrap.dedent(
     model.register_forward_pre_hook(break_rank_1_at_step_6)
     cfg = TrainingConfig(max_steps=12, batch_size=4, learning_rate=1e-2, output_dir=out, eval_every=0,
                          log_every=3, save_every=4, progress_bar=False, precision="fp32")
-    trainer = Trainer(model, cfg, loader)
-    message = None
-    try:
-        trainer.train()
-    except TrainingDivergedError as err:
-        message = str(err)
-    stopped = torch.tensor([trainer.step, int(message is not None)])
-    both = [torch.zeros_like(stopped) for _ in range(ctx.world_size)]
-    dist.all_gather(both, stopped)
-    if ctx.rank == 0:
-        print("RESULT " + json.dumps({"stopped_at": [int(t[0]) for t in both],
-                                      "raised": [bool(t[1]) for t in both], "message": message}))
-    del trainer, model
-    leave()
     """
+    )
+    + STOPPED_EVERY_RANK
 )
 
 
@@ -182,10 +193,12 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path: Path, session_data
     assert sum_0 == sum_1
 
 
-LOW_MEMORY_WORKER = SHARDED_LOADER + textwrap.dedent(
-    """
+LOW_MEMORY_WORKER = (
+    SHARDED_LOADER
+    + textwrap.dedent(
+        """
     import nima.training.memory_watch as memory_watch
-    from nima.errors import ConfigError
+    from nima.errors import ConfigError as STOP_ERROR
 
     reads = []
 
@@ -197,21 +210,9 @@ LOW_MEMORY_WORKER = SHARDED_LOADER + textwrap.dedent(
     model = create_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, **TINY))
     cfg = TrainingConfig(max_steps=12, batch_size=4, output_dir=out, eval_every=0, log_every=3,
                          save_every=0, progress_bar=False, precision="fp32")
-    trainer = Trainer(model, cfg, loader)
-    message = None
-    try:
-        trainer.train()
-    except ConfigError as err:
-        message = str(err)
-    stopped = torch.tensor([trainer.step, int(message is not None)])
-    both = [torch.zeros_like(stopped) for _ in range(ctx.world_size)]
-    dist.all_gather(both, stopped)
-    if ctx.rank == 0:
-        print("RESULT " + json.dumps({"stopped_at": [int(t[0]) for t in both],
-                                      "raised": [bool(t[1]) for t in both], "message": message}))
-    del trainer, model
-    leave()
     """
+    )
+    + STOPPED_EVERY_RANK
 )
 
 
