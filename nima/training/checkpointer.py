@@ -156,6 +156,12 @@ class Checkpointer:
         """Block until a background write is on disk; CheckpointError if it failed."""
         self.saver.wait()
 
+    def write_in_foreground(self) -> None:
+        """Finish any background write, and write every later checkpoint in the foreground (when
+        memory is short: a background write first copies the whole state)."""
+        self.saver.wait()
+        self.async_write = False
+
     def close(self, raise_errors: bool = True) -> None:
         """Wait for the last background write; its error is raised, or only warned about when
         another error is already on its way out."""

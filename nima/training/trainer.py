@@ -272,10 +272,9 @@ class Trainer:
         self._stop.install()  # uninstalled when train() ends
 
     def _stop_for_memory(self) -> None:
-        """Save this step in the foreground (a background save copies the state) and stop: one line."""
+        """Save this step (in the foreground: a background save copies the state) and stop."""
         self._check_numerics()
-        self.checkpointer.wait()
-        self.checkpointer.async_write = False
+        self.checkpointer.write_in_foreground()
         with self.meter.overhead():
             path = self.save_checkpoint(f"step_{self.step}")
         raise ConfigError(self.memory_watch.message(self.step, str(path)))
@@ -390,17 +389,14 @@ class Trainer:
     batches_per_epoch = property(lambda self: self.cursor.batches_per_epoch)
     best_val_loss = property(lambda self: self.validator.best_val_loss, doc="inf before any evaluation.")
     last_val_loss = property(lambda self: self.validator.last_val_loss)
-
-    @property
-    def overhead_seconds(self) -> float:
-        """Seconds the current (or last) ``train()`` has spent evaluating and saving checkpoints:
-        the time that ``train_tokens_per_s`` leaves out."""
-        return self.meter.overhead_s
-
-    @property
-    def stop_signal(self) -> int | None:
-        """The signal (``signal.SIGTERM`` or ``signal.SIGINT``) that stopped the last ``train()``."""
-        return self._stop.signum
+    overhead_seconds = property(
+        lambda self: self.meter.overhead_s,
+        doc="Seconds the current (or last) ``train()`` has spent evaluating and saving checkpoints: "
+        "the time that ``train_tokens_per_s`` leaves out.",
+    )
+    stop_signal = property(
+        lambda self: self._stop.signum, doc="The signal (SIGTERM or SIGINT) that stopped the last train()."
+    )
 
     # ------------------------------------------------------------------ set-up helpers
 
