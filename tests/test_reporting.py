@@ -4,7 +4,9 @@ report.md a run leaves behind, nima report rebuilding it, and config.yaml's repr
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import matplotlib.image
@@ -20,7 +22,7 @@ from nima.errors import ConfigError
 from nima.models import create_model
 from nima.reporting import load_run, plot_runs, read_metrics, write_report
 from nima.reporting.runs import rerun_commands, series
-from nima.training import RunReport, Trainer, TrainingConfig
+from nima.training import Callback, RunReport, Trainer, TrainingConfig
 from nima.training.cli import main as train_main
 
 
@@ -220,6 +222,42 @@ def test_no_report_or_plot_when_asked(prepared, tmp_path: Path) -> None:
     out = tmp_path / "out"
     train_tiny(prepared, out, callbacks=[RunReport(plot=False, report=False)], max_steps=2, eval_every=0)
     assert not (out / "loss.png").exists() and not (out / "report.md").exists()
+
+
+class SigtermAt(Callback):
+    """Sends SIGTERM to this process at ``step``: the run saves and stops there, without the
+    final evaluation (as when a scheduler preempts it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, trainer) -> None:
+        if trainer.step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def loss_section_line(out: Path) -> str:
+    report = (out / "report.md").read_text()
+    return next(line for line in report.splitlines() if line.startswith(("No loss.png", "![loss]")))
+
+
+def test_the_report_says_why_there_is_no_loss_png(prepared, tmp_path: Path, monkeypatch) -> None:
+    from nima.reporting import report as report_module
+
+    # Stopped at step 7 of a run that logs every 10 steps: nothing to draw, matplotlib or not.
+    early = tmp_path / "early"
+    train_tiny(prepared, early, callbacks=[SigtermAt(7)], max_steps=20, log_every=10, eval_every=0)
+    assert loss_section_line(early) == (
+        "No loss.png: no metrics were logged yet: the run stopped at step 7, before its first "
+        "logging step (training.log_every: 10)."
+    )
+    # Logged, but not drawn: with matplotlib, how to draw it; without, what to install first.
+    undrawn = tmp_path / "undrawn"
+    train_tiny(prepared, undrawn, callbacks=[RunReport(plot=False)], max_steps=2, eval_every=0)
+    assert loss_section_line(undrawn) == f"No loss.png: `nima plot {undrawn}` draws it."
+    monkeypatch.setattr(report_module, "plots_available", lambda: False)
+    write_report(undrawn)
+    assert loss_section_line(undrawn).startswith("No loss.png: drawing plots needs matplotlib: pip install")
 
 
 # ---------------------------------------------------------------------------------- nima train end to end

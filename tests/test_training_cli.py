@@ -16,7 +16,7 @@ from tiny import model_args
 from training_helpers import start_until
 
 from nima.errors import ConfigError
-from nima.training import cli, recipe
+from nima.training import Callback, cli, recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -126,6 +126,82 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert f"removed {partial.name}" in again.stdout and not partial.exists()
     final = torch.load(out / "checkpoints" / "step_400.pt", map_location="cpu", weights_only=True)
     assert final["step"] == 400
+
+
+class SigtermAt(Callback):
+    """Sends SIGTERM to this process once the run reaches ``step`` (the Trainer's handler takes
+    it: the run saves and stops, as when a scheduler preempts a job)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, trainer) -> None:
+        if trainer.step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
+    """``nima train argv`` in this process: its exit code and what it printed."""
+    capsys.readouterr()
+    code = cli.main(argv)
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture
+def stopped_checkpoint_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[list[str], str, Path]:
+    """The guide's case: a tiny fp32 run of 3 steps, then ``--checkpoint step_3.pt`` with
+    ``precision: auto`` and 8 steps, stopped by SIGTERM at step 5. Returns the second command's
+    argv, what it printed, and the run folder."""
+    out = tmp_path / "run"
+    common = ["--config", str(ROOT / "configs" / "cpu_quick.yaml"), *TINY, "--training.eval_every=0",
+              "--training.log_every=1", f"--training.output_dir={out}"]  # fmt: skip
+    assert run_cli(capsys, [*common, "--training.max_steps=3"])[0] == 0
+    argv = [*common, "--training.max_steps=8", "--training.precision=auto",
+            "--checkpoint", str(out / "checkpoints" / "step_3.pt")]  # fmt: skip
+    with monkeypatch.context() as patched:
+        real = recipe.build_run
+        patched.setattr(cli, "build_run", lambda run, **kw: real(run, callbacks=[SigtermAt(5)], **kw))
+        code, stdout = run_cli(capsys, argv)
+    assert code == 128 + signal.SIGTERM, stdout
+    return argv, stdout, out
+
+
+def test_the_continue_hint_after_a_checkpoint_start_works_when_followed(
+    stopped_checkpoint_start: tuple[list[str], str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, stdout, out = stopped_checkpoint_start
+    step_3, step_5 = out / "checkpoints" / "step_3.pt", out / "checkpoints" / "step_5.pt"
+    assert (
+        f"to continue: run the same command with --resume in place of --checkpoint {step_3} "
+        f"(--resume takes the newest checkpoint, {step_5})"
+    ) in stdout.splitlines()
+    # Followed literally: --resume where --checkpoint PATH was (the two together are refused).
+    at = argv.index("--checkpoint")
+    code, again = run_cli(capsys, [*argv[:at], "--resume", *argv[at + 2 :]])
+    assert code == 0, again
+    assert "resuming at step 5" in again
+    assert torch.load(out / "checkpoints" / "step_8.pt", map_location="cpu", weights_only=True)["step"] == 8
+
+
+def test_a_resumed_run_prints_one_precision_line_kept_from_the_checkpoint(
+    stopped_checkpoint_start: tuple[list[str], str, Path],
+) -> None:
+    stdout = stopped_checkpoint_start[1]
+    said = [line for line in stdout.splitlines() if "precision:" in line]
+    assert len(said) == 1, said
+    assert "precision: fp32 (kept from the checkpoint; training.precision: auto keeps" in said[0]
+
+
+def test_the_done_line_of_a_resumed_run_counts_this_sessions_steps(
+    stopped_checkpoint_start: tuple[list[str], str, Path],
+) -> None:
+    stdout = stopped_checkpoint_start[1]
+    done = [line for line in stdout.splitlines() if line.startswith("done:")]
+    # 2 steps of 4 windows of 32 tokens this session; the run as a whole is at step 5
+    assert len(done) == 1 and done[0].startswith("done: step 5 (2 steps this session), 256 tokens in "), done
+    assert cli.steps_done(8, 0) == "8 steps" and cli.steps_done(6, 5) == "step 6 (1 step this session)"
 
 
 @pytest.mark.parametrize(

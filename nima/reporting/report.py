@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from nima.files import atomic_write_text
-from nima.reporting.plot import PLOT_FILE
+from nima.reporting.plot import MISSING, PLOT_FILE, plots_available
 from nima.reporting.runs import RunFolder, load_run, rerun_commands
 
 REPORT_FILE = "report.md"
@@ -330,14 +330,33 @@ def _where(f: dict[str, Any]) -> list[str]:
     return out
 
 
-def _loss_picture(run: RunFolder) -> list[str]:
-    """The loss plot when it was drawn, else how to draw it."""
+def _loss_picture(run: RunFolder, f: dict[str, Any]) -> list[str]:
+    """The loss plot when it was drawn, else why not (and how to draw it, where it can be)."""
     out = ["", "## Loss", ""]
     if (run.path / PLOT_FILE).is_file():
         out.append(f"![loss]({PLOT_FILE})")
     else:
-        out.append(f"No {PLOT_FILE}: `nima plot {run.path}` draws it (needs matplotlib).")
+        out.append(f"No {PLOT_FILE}: {_why_no_plot(run, f)}")
     return out
+
+
+def _why_no_plot(run: RunFolder, f: dict[str, Any]) -> str:
+    """The true reason: nothing logged to draw yet, matplotlib missing, or not drawn (yet)."""
+    if not run.records:
+        return _nothing_logged(f["steps"], f["training"].get("log_every"))
+    if not plots_available():
+        return f"{MISSING}; then `nima plot {run.path}` draws it."
+    return f"`nima plot {run.path}` draws it."
+
+
+def _nothing_logged(steps: int | None, log_every: int | None) -> str:
+    """Why ``logs/metrics.jsonl`` holds no curve: usually a run stopped before its first logging step."""
+    if steps is not None and isinstance(log_every, int) and steps < log_every:
+        return (
+            f"no metrics were logged yet: the run stopped at step {steps}, before its first logging "
+            f"step (training.log_every: {log_every})."
+        )
+    return "no metrics were logged yet (logs/metrics.jsonl holds none), so there is no curve to draw."
 
 
 def _sample(f: dict[str, Any]) -> list[str]:
@@ -400,7 +419,7 @@ def render_report(run: RunFolder) -> str:
     out += _how_well(f)
     out += _how_fast(f)
     out += _where(f)
-    out += _loss_picture(run)
+    out += _loss_picture(run, f)
     out += _sample(f)
     out += _config(run)
     out += _train_again(run)

@@ -9,6 +9,7 @@ generation with :meth:`Runtime.for_inference` (device and autocast only).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +63,10 @@ class Runtime:
         """One process: the device (``--device``) and the autocast precision for a forward pass."""
         where = resolve_device(device, option="--device")
         return cls(DistributedContext(), where, inference_precision(precision, where))
+
+    def with_precision_reason(self, reason: str) -> Runtime:
+        """This runtime, its precision explained by ``reason`` (e.g. kept from a checkpoint)."""
+        return dataclasses.replace(self, precision=dataclasses.replace(self.precision, reason=reason))
 
     @property
     def is_main(self) -> bool:

@@ -153,10 +153,13 @@ def train_from_cli(
     quick_test: bool = False,
     init_from: str | Path | None = None,
     command: str | None = None,
+    found_by_resume: bool = False,
 ) -> TrainResults:
     """Everything ``nima train`` does after parsing: build the run, train, write the results to
     ``<output_dir>/results.json``, print the summary (and, for the quick test, a sample).
-    ``command``: the command line, recorded in ``<output_dir>/config.yaml``."""
+    ``command``: the command line, recorded in ``<output_dir>/config.yaml``.
+    ``found_by_resume``: ``checkpoint`` came from ``--resume``, not ``--checkpoint PATH`` (the
+    hint for continuing a stopped run names the flag the user gave)."""
     from nima.distributed import cleanup
 
     started = time.perf_counter()
@@ -164,11 +167,15 @@ def train_from_cli(
         built = build_run(
             run, checkpoint=checkpoint, init_from=init_from, allow_fallback=quick_test, command=command
         )
-        results = built.train()
         trainer = built.trainer
+        start_step = trainer.step  # a resumed run starts past 0: the summary counts this session apart
+        results = built.train()
         if trainer.is_main:
             write_results(Path(run.training.output_dir) / "results.json", results)
-            _print_summary(results, time.perf_counter() - started)
+            _print_summary(results, start_step, time.perf_counter() - started)
+            if results.get("stop_signal"):
+                given = None if found_by_resume or checkpoint is None else str(checkpoint)
+                print(continue_hint(results, given), flush=True)
             if quick_test and trainer.sharded:  # generating would need every rank's shards
                 print("sample: skipped (the model is sharded); run nima generate on the checkpoint")
             elif quick_test:
@@ -190,12 +197,12 @@ def write_results(path: Path, results: TrainResults) -> None:
         ) from None
 
 
-def _print_summary(results: TrainResults, total_s: float) -> None:
+def _print_summary(results: TrainResults, start_step: int, total_s: float) -> None:
     val = results["final_val_loss"]
     best = results["best_val_loss"]
     parts = [
-        f"done: {results['steps']} steps, {results['tokens']:,} tokens in {results['wall_time_s']:.1f}s "
-        f"({results['train_tokens_per_s']:,.0f} tok/s training)"
+        f"done: {steps_done(results['steps'], start_step)}, {results['tokens']:,} tokens in "
+        f"{results['wall_time_s']:.1f}s ({results['train_tokens_per_s']:,.0f} tok/s training)"
     ]
     if val is not None:
         parts.append(f"val loss {val:.4f} (best {best:.4f})")
@@ -203,8 +210,37 @@ def _print_summary(results: TrainResults, total_s: float) -> None:
     print("; ".join(parts), flush=True)
     if results.get("last_checkpoint"):
         print(f"checkpoint: {results['last_checkpoint']}", flush=True)
-    if results.get("stop_signal"):
-        print("to continue: run the same command with --resume", flush=True)
+
+
+def steps_done(step: int, start_step: int) -> str:
+    """``8 steps``, or for a resumed run ``step 11 (4 steps this session)``: the tokens and
+    tokens/s beside it count this session only, so the global step alone would mislead."""
+    session = step - start_step
+    counted = f"{session} step{'' if session == 1 else 's'}"
+    return f"step {step} ({counted} this session)" if start_step else counted
+
+
+def continue_hint(results: TrainResults, checkpoint_given: str | None) -> str:
+    """How to continue a run a signal stopped, in words that work when followed literally.
+
+    ``checkpoint_given``: the ``--checkpoint PATH`` the run started from, if it did; that flag
+    cannot be combined with ``--resume``, so the hint says which to replace.
+    """
+    if checkpoint_given is None:
+        return "to continue: run the same command with --resume"
+    saved = results.get("last_checkpoint")
+    if saved is None:  # stopped before its first step: nothing new was saved
+        return "to continue: run the same command again"
+    newest = newest_checkpoint(results["output_dir"])
+    if newest is not None and newest.resolve() == Path(saved).resolve():  # what --resume takes
+        return (
+            f"to continue: run the same command with --resume in place of --checkpoint "
+            f"{checkpoint_given} (--resume takes the newest checkpoint, {saved})"
+        )
+    return (
+        f"to continue: run the same command with --checkpoint {saved} in place of "
+        f"--checkpoint {checkpoint_given}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--resume: no checkpoint in {run.training.output_dir}/checkpoints yet; starting afresh")
     command = shlex.join(["nima", "train", *argv])  # recorded in config.yaml, for report.md
     results = train_from_cli(
-        run, checkpoint=checkpoint, quick_test=args.quick_test, init_from=args.init_from, command=command
+        run,
+        checkpoint=checkpoint,
+        quick_test=args.quick_test,
+        init_from=args.init_from,
+        command=command,
+        found_by_resume=args.resume,
     )
     if results.get("stop_signal"):  # preempted: saved, and the exit status says why it stopped
         return 128 + signal.Signals[results["stop_signal"]].value

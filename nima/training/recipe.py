@@ -41,6 +41,7 @@ FALLBACK_NAME = "python_stdlib"
 FALLBACK_BYTES = 1_200_000
 
 Say = Callable[[str], Any]
+KEPT_PRECISION = "kept from the checkpoint; training.precision: auto keeps a resumed run's precision"
 
 
 @dataclass
@@ -104,12 +105,12 @@ def build_run(
     model = create_model(config.model)
     auto = training.batch_size == "auto"
     benchmark = setup.bf16_benchmark(model, None if auto else training.batch_size, config.model.max_seq_len)
-    precision = training.precision
-    if checkpoint:
-        precision = setup.resumed_precision(checkpoint, precision, training.device, say)
+    kept = setup.resumed_precision(checkpoint, training.precision, training.device) if checkpoint else None
     runtime = Runtime.for_training(
-        training.device, precision, training.use_mixed_precision, bf16_benchmark=benchmark
+        training.device, kept or training.precision, training.use_mixed_precision, bf16_benchmark=benchmark
     )
+    if kept:  # the start-up line gives the real reason, not "forced by training.precision"
+        runtime = runtime.with_precision_reason(KEPT_PRECISION)
     if auto:
         config = fit_auto_batch(config, model, runtime, say)
     train_loader, val_loader = build_loaders(config, prepared, ctx.rank, ctx.world_size)

@@ -254,12 +254,12 @@ def largest_planned_batch(
     return 1
 
 
-def resumed_precision(checkpoint: str | Path, requested: str, device: str, say: Callable[[str], Any]) -> str:
-    """The precision a resumed run trains in: with ``auto``, the checkpoint's, where this machine
-    runs it well (a run should not change precision half-way because a micro-benchmark answered
-    differently this time)."""
+def resumed_precision(checkpoint: str | Path, requested: str, device: str) -> str | None:
+    """The checkpoint's precision when a resumed run should keep it: with ``auto``, where this
+    machine runs it well (a run should not change precision half-way because a micro-benchmark
+    answered differently this time). None: choose as ``requested`` says."""
     if requested != "auto":
-        return requested
+        return None
     from nima.checkpoint import load_checkpoint_file
     from nima.runtime.device import device_kind
     from nima.runtime.precision import cpu_has_bf16
@@ -267,10 +267,7 @@ def resumed_precision(checkpoint: str | Path, requested: str, device: str, say: 
     saved = load_checkpoint_file(checkpoint, mmap=True).get("precision")
     on_gpu = device_kind(device) == "cuda"
     fast_here = {"fp32": True, "bf16": on_gpu or cpu_has_bf16(), "fp16": on_gpu}
-    if not fast_here.get(saved, False):
-        return requested
-    say(f"precision: {saved}, as the checkpoint was trained (training.precision: auto keeps it)")
-    return saved
+    return saved if fast_here.get(saved, False) else None
 
 
 def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
