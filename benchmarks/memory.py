@@ -2,12 +2,13 @@
 """Peak memory of one training step against batch x context, next to Nima's memory plan.
 
 Each configuration runs in a fresh child process (so that no allocator cache from an earlier one
-is counted): it builds the model and AdamW, then runs two real training steps through Nima's
-``TrainStep`` (forward, backward, clipping, optimizer). The measured figure is the process's peak
-memory above where it stood before the model existed (on a CPU the resident set's high-water
-mark, on a GPU the CUDA allocator's peak); the plan is ``estimate_training_memory`` for the same
-step. Printed: one JSON line per configuration, then a table and, per model and precision, how
-the activation memory grows with the context (linear: doubling the context doubles it).
+is counted): it builds the model and AdamW, then runs real training steps (4 by default: the heap
+a CPU run keeps between steps settles over the first few) through Nima's ``TrainStep`` (forward,
+backward, clipping, optimizer). The measured figure is the process's peak memory above where it
+stood before the model existed (on a CPU the resident set's high-water mark, on a GPU the CUDA
+allocator's peak); the plan is ``estimate_training_memory`` for the same step. Printed: one JSON
+line per configuration, then a table and, per model and precision, how the activation memory
+grows with the context (linear: doubling the context doubles it).
 
     python benchmarks/memory.py                          # base config and gpt2-small, CPU
     python benchmarks/memory.py --models base --batches 1 2 4 8 --contexts 256 1024
@@ -18,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,29 +61,46 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     runtime = Runtime(DistributedContext(), device, PrecisionChoice(precision, device.type, "benchmark"))
     ids = torch.randint(0, config.vocab_size, (batch, context))
 
-    def two_steps() -> None:
+    warm: list[float] = []  # wall seconds and page faults of the steps after the first two
+
+    def train_steps() -> None:
         torch.manual_seed(0)
         model = create_model(config).to(device).train()
         optimizer = get_optimizer(model, "adamw", learning_rate=1e-4)
-        scheduler = get_scheduler(optimizer, "constant", num_training_steps=2)
+        scheduler = get_scheduler(optimizer, "constant", num_training_steps=spec["steps"])
         step = TrainStep(model, optimizer, scheduler, runtime, 1.0, list(model.parameters()))
-        for _ in range(2):
+        for i in range(spec["steps"]):
+            if i == 2:
+                warm[:] = [time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
             loss = step([{"input_ids": ids, "labels": ids}]).loss
-        float(loss)
+            float(loss)
+        if warm:
+            n = spec["steps"] - 2
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - warm[1]
+            warm[:] = [(time.perf_counter() - warm[0]) / n, faults / n]
 
-    peak = measure_peak(two_steps, device)
+    peak = measure_peak(train_steps, device)
     plan = estimate_training_memory(
         config, batch, context, precision, loss_chunk_rows=LOSS_CHUNK_ROWS, device=str(device),
         quadratic_attention=getattr(config, "attn_dropout", 0) > 0 and device.type != "cuda",
     )  # fmt: skip
     return {**spec, "measured_mib": round(peak / 2**20), "plan_mib": round(plan.total / 2**20),
             "plan_over_measured": round(plan.total / peak, 3) if peak else None,
-            "activations_plan_mib": round((plan.activations + plan.logits) / 2**20)}  # fmt: skip
+            "activations_plan_mib": round((plan.activations + plan.logits) / 2**20),
+            "s_per_step": round(warm[0], 3) if warm else None,
+            "faults_per_step": round(warm[1]) if warm else None}  # fmt: skip
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ)
+    if spec["glibc_defaults"]:  # any malloc setting in the environment leaves glibc's own to it
+        env["MALLOC_MMAP_MAX_"] = "65536"  # glibc's default
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if proc.returncode != 0:
         return {**spec, "error": (proc.stderr.strip().splitlines() or ["killed"])[-1][:200]}
@@ -96,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpointing", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4, help="training steps measured per configuration")
+    parser.add_argument(
+        "--glibc_defaults",
+        action="store_true",
+        help="leave glibc's allocator settings as they are (for comparison)",
+    )
     parser.add_argument("--quick", action="store_true", help="one tiny configuration (a smoke test)")
     args = parser.parse_args(argv)
     if args.child:
@@ -111,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in args.batches:
                     for context in args.contexts:
                         spec = {"model": model, "batch": batch, "context": context, "precision": precision,
-                                "gc": gc == "on", "device": args.device, "threads": args.threads}  # fmt: skip
+                                "gc": gc == "on", "device": args.device, "threads": args.threads,
+                                "steps": args.steps, "glibc_defaults": args.glibc_defaults}  # fmt: skip
                         row = run_child(spec)
                         print(json.dumps(row), flush=True)
                         rows.append(row)
@@ -121,15 +149,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = ["model", "precision", "checkpointing", "batch x context", "measured MiB", "plan MiB"]
-    header.append("plan / measured")
+    header += ["plan / measured", "s/step", "page faults/step"]
     print("\n| " + " | ".join(header) + " |")
-    print("|---|---|---|---|---|---|---|")
+    print("|" + "---|" * len(header))
     for r in rows:
         cells = [r["model"], r["precision"], "on" if r["gc"] else "off", f"{r['batch']} x {r['context']}"]
         if "error" in r:
-            cells += ["failed: " + r["error"], "", ""]
+            cells += ["failed: " + r["error"], "", "", "", ""]
         else:
             cells += [str(r["measured_mib"]), str(r["plan_mib"]), f"{r['plan_over_measured']:.2f}"]
+            cells += [str(r.get("s_per_step")), str(r.get("faults_per_step"))]
         print("| " + " | ".join(cells) + " |")
     ok = [r for r in rows if "error" not in r]
     if ok:

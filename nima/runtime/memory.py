@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from nima.runtime.heap import SMALL_BLOCK_LIMIT
+
 GiB = 1024**3
 HEADROOM = 0.85
 """Share of the available memory a plan may use. The rest: the plan's own error (at most 11% low
@@ -45,13 +47,12 @@ WORKSPACE_FIXED = 128 * 1024**2
 # Attention that keeps (T x T) scores per head (SDPA's math path, e.g. attention dropout on a
 # CPU): scores, dropout mask and probabilities.
 QUADRATIC_BYTES_PER_SCORE = 13.0
-# On a CPU the Trainer lets glibc keep freed memory between steps (``keep_freed_memory`` in
-# training/step.py: up to 25% faster steps at medium sizes, no page faults). Blocks under glibc's
-# mmap threshold then share one heap, where mixing sizes leaves holes that stay resident: the
-# resident set peaks above the live tensors. Measured per sequence (4 layers, d_model 128-384,
-# context 256-512, fp32): 1.3x without gradient checkpointing, about 2.7x for the recompute
-# path's activations with it. Blocks at or above the threshold are mapped and unmapped alone.
-HEAP_BLOCK_LIMIT = 32 * 1024**2
+# On a CPU a training process lets glibc keep in its heap what a step frees, for the next step
+# (runtime/heap.py: every block; with gradient checkpointing only blocks under 32 MiB). Mixing
+# sizes in one heap leaves holes that stay resident: the resident set peaks above the live
+# tensors. Measured per sequence (4 layers, d_model 128-384, context 256-512, fp32): 1.3x without
+# gradient checkpointing, about 2.7x for the recompute path's activations with it; the base config
+# at batch 4 and 32 x 1024 agrees (benchmarks/memory.py).
 HEAP_SLACK = 1.33
 HEAP_SLACK_RECOMPUTE = 2.7
 
@@ -154,10 +155,10 @@ def estimate_training_memory(
     c_d, c_f = ACTIVATION_BYTES[precision]
     on_cpu = str(device).startswith("cpu")
 
-    slack = HEAP_SLACK_RECOMPUTE if gc else HEAP_SLACK
-
-    def heap_slack(block_bytes: float) -> float:  # glibc's heap serves blocks under its mmap threshold
-        return slack if on_cpu and block_bytes < HEAP_BLOCK_LIMIT else 1.0
+    def heap_slack(block_bytes: float) -> float:  # the blocks glibc's heap keeps (runtime/heap.py)
+        if not on_cpu or (gc and block_bytes >= SMALL_BLOCK_LIMIT):
+            return 1.0
+        return HEAP_SLACK_RECOMPUTE if gc else HEAP_SLACK
 
     per_layer = tokens * (c_d * d * heap_slack(tokens * d * 4) + c_f * f * heap_slack(tokens * f * 4))
     if config.dropout > 0:

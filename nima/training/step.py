@@ -6,9 +6,6 @@ flag come back as device tensors; a non-finite step is not applied (see training
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +13,8 @@ import torch
 from torch import nn
 
 from nima.distributed import no_sync
-from nima.runtime import Runtime, loss_only
+from nima.runtime import Runtime, loss_only, unwrap_model
+from nima.runtime.heap import keep_freed_memory
 from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
 from nima.training.guard import NonfiniteGuard
 
@@ -62,7 +60,7 @@ class TrainStep:
         self._skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False) and not any(
             _is_dtensor(p) for p in params
         )
-        keep_freed_memory()
+        keep_freed_memory(large_blocks=not _checkpoints_activations(model))
         # Training never needs the logits: the model may then compute the loss in chunks, never
         # holding (B, T, vocab) logits at long contexts (see GPT.forward).
         self._loss_only = loss_only(model)
@@ -152,38 +150,6 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
-# glibc serves blocks over M_MMAP_THRESHOLD with fresh mappings and hands the top of its heap back
-# to the system once more than M_TRIM_THRESHOLD is free there. Both start at 128 KiB and grow only
-# after the process happens to free a large block. A training step frees and allocates again the
-# same activations and gradients (hundreds of KiB to a few MiB each), so with the start-up values
-# every step maps them in afresh: 450-1,350 page faults, about 1.5 ms (4%) per step at the
-# reference shape on a 2-core CPU (benchmarks/README.md, loop_overhead.py; the textbook loop in its
-# own process had about 1); at 4 layers of width 256 and 8 x 512 tokens, 0.65 against 0.85-0.94 s
-# per step. These are glibc's own ceilings for its adaptive thresholds. The cost: holes in the
-# kept heap raise the peak resident memory of activations under 32 MiB a block (about 1.3x, and
-# 2.7x on gradient checkpointing's recompute path), which the memory plan counts (HEAP_SLACK in
-# runtime/memory.py).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-_MMAP_THRESHOLD = 32 << 20
-_TRIM_THRESHOLD = 64 << 20
-_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
-_kept = False
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep the memory a step frees for the next step instead of returning it to the
-    system (once per process; Linux with glibc only, and not when the environment already tunes
-    malloc). Returns whether the thresholds are set."""
-    global _kept
-    if _kept or not sys.platform.startswith("linux") or any(k in os.environ for k in _MALLOC_ENV):
-        return _kept
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl's mallopt does nothing)
-        # mallopt returns 1 on success; setting either also stops glibc's own adjustments.
-        _kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-        )
-    except (OSError, AttributeError):
-        pass
-    return _kept
+def _checkpoints_activations(model: nn.Module) -> bool:
+    """Whether the model recomputes its activations (gradient checkpointing): memory was asked for."""
+    return bool(getattr(getattr(unwrap_model(model), "config", None), "gradient_checkpointing", False))

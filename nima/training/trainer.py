@@ -27,6 +27,7 @@ from torch import nn
 from nima.checkpoint import newest_checkpoint
 from nima.errors import ConfigError
 from nima.runtime import Runtime, seed_everything, unwrap_model
+from nima.runtime.heap import release_freed_memory
 from nima.training import setup
 from nima.training.callbacks import EarlyStopping, MetricsTracker, ProgressPrinter
 from nima.training.checkpointer import Checkpointer
@@ -187,6 +188,7 @@ class Trainer:
             self._stop.uninstall()
             with self.meter.overhead():
                 self.checkpointer.close(raise_errors=completed)
+            release_freed_memory()
         return self._results()
 
     def _train_on(self, window: Window) -> None:
