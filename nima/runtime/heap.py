@@ -61,7 +61,10 @@ def keep_freed_memory(large_blocks: bool = True) -> bool:
 
 
 def release_freed_memory() -> None:
-    """Hand back to the system what the heap holds free (glibc's ``malloc_trim``): when training
-    ends in a process that goes on, such as a notebook."""
-    if _mode is not None:
+    """Hand back to the system what the C heap holds free (glibc's ``malloc_trim``): when training
+    ends in a process that goes on, such as a notebook, and before measuring what a step needs
+    (memory an earlier step freed would still be resident and hide it)."""
+    try:
         ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

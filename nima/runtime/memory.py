@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from nima.runtime.heap import SMALL_BLOCK_LIMIT
+from nima.runtime.heap import SMALL_BLOCK_LIMIT, release_freed_memory
 
 GiB = 1024**3
 HEADROOM = 0.85
@@ -297,7 +297,7 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> i
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - start
-    _release_free_heap()
+    release_freed_memory()
     start = _status_bytes("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -306,15 +306,3 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> i
     fn()
     peak = _status_bytes("VmHWM")
     return None if start is None or peak is None else max(0, peak - start)
-
-
-def _release_free_heap() -> None:
-    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``), so that the
-    resident set counts only what is in use: memory an earlier step freed would otherwise still
-    be resident and hide what the next step needs."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
