@@ -3,7 +3,9 @@
 The notebooks are generated so that they stay small, reviewable in diffs, and in step with the
 API; tests/test_notebooks.py checks that the committed files equal what this script writes and
 executes each one. Every notebook uses tiny sizes: it runs on a CPU in well under a minute, and
-writes only under ``experiments/notebooks/`` relative to where it is run.
+writes only under the checkout's ``experiments/notebooks/``: the first cell moves to the checkout's
+root, so that a notebook started in ``notebooks/`` (as Jupyter does) finds the data that
+``./run.sh demo`` prepared in ``experiments/data``.
 """
 
 from __future__ import annotations
@@ -17,17 +19,26 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 SETUP = '''\
-# Make the checkout's `models`, `data`, `training` entry points importable, wherever this runs from.
+# Work from the checkout's root (the folder with pyproject.toml and nima/), wherever Jupyter started
+# (it starts in notebooks/): data and runs then go to the checkout's experiments/ folder, the one
+# `./run.sh demo` and the nima commands use.
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import nima
 
-REPO = Path(nima.__file__).resolve().parents[1]
+here = Path.cwd()
+roots = [p for p in (here, *here.parents) if (p / "pyproject.toml").is_file() and (p / "nima").is_dir()]
+REPO = roots[0] if roots else Path(nima.__file__).resolve().parents[1]  # else where nima comes from
+os.chdir(REPO)
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO))  # the checkout's `models`, `data`, `training` entry points
 OUT = Path("experiments/notebooks")  # everything this notebook writes goes here
-print("nima from", REPO)'''
+# Without ipywidgets, tqdm's progress bars are plain text; tqdm would warn about that.
+warnings.filterwarnings("ignore", message="IProgress not found")
+print("working in", REPO)'''
 
 
 def md(text: str):
@@ -51,8 +62,9 @@ longer (`max_steps`) and wider (`d_model`, `n_layers`): see `docs/training.md`.
     md("""
 ## 1. Data
 
-`prepare_dataset` prepares tiny Shakespeare once (download, tokenize, write `train.bin`/`val.bin`)
-and returns the two splits as datasets of windows of `max_length + 1` tokens, plus the tokenizer.
+`prepare_dataset` prepares tiny Shakespeare once in `experiments/data` (download, tokenize, write
+`train.bin`/`val.bin`; after `./run.sh demo` all of it is there already) and returns the two splits
+as datasets of windows of `max_length + 1` tokens, plus the tokenizer.
 """),
     code('''
 from data import prepare_dataset
@@ -222,10 +234,14 @@ print(choose_precision("auto", use_mixed_precision=True, device="cpu"))
 ## Early stopping and callbacks
 
 `early_stopping_patience` stops after that many evaluations without improvement. A callback sees
-every logged step, evaluation and save; here one records the validation losses. A learning rate far
-too small makes the validation loss stall, so training stops early:
+every logged step, evaluation and save; here one records the validation losses. Trained on only 64
+windows, the model soon learns them by heart: the training loss keeps falling while the validation
+loss falls for a while, then rises (overfitting), and early stopping ends the run. `best_model.pt`
+keeps the weights of the best evaluation.
 """),
     code('''
+from torch.utils.data import Subset
+
 from training import Callback
 
 class ValLossRecorder(Callback):
@@ -233,15 +249,18 @@ class ValLossRecorder(Callback):
         self.val_losses = []
 
     def on_evaluate(self, trainer, metrics):
-        self.val_losses.append(round(metrics["val_loss"], 4))
+        self.val_losses.append(round(metrics["val_loss"], 3))
 
 recorder = ValLossRecorder()
-train_loader, val_loader = loaders(8)
-config = TrainingConfig(max_steps=200, batch_size=8, learning_rate=1e-7, eval_every=5, eval_batches=2,
-                        early_stopping_patience=2, early_stopping_min_delta=0.01,
-                        output_dir=str(OUT / "early"), progress_bar=False, save_every=0)
-results = Trainer(fresh_model(), config, train_loader, val_loader, callbacks=[recorder]).train()
-print("stopped after", results["steps"], "of 200 steps; validation losses:", recorder.val_losses)
+few_windows = Subset(train_dataset, range(64))
+train_loader = create_dataloader(few_windows, batch_size=8, collate_fn=collator)
+val_loader = create_dataloader(val_dataset, batch_size=16, collate_fn=collator, shuffle=False)
+config = TrainingConfig(max_steps=300, batch_size=8, learning_rate=3e-3, warmup_steps=5, eval_every=10,
+                        eval_batches=2, early_stopping_patience=2, save_every=0, save_epoch_checkpoints=False,
+                        output_dir=str(OUT / "early"), progress_bar=False)
+results = Trainer(fresh_model(d_model=128), config, train_loader, val_loader, callbacks=[recorder]).train()
+print("stopped after", results["steps"], "of 300 steps; validation losses:", recorder.val_losses)
+print("best validation loss:", round(results["best_val_loss"], 3))
 '''),
     md("""
 ## Exact resume
