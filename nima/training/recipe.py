@@ -33,6 +33,7 @@ from nima.runtime import Runtime, device_kind
 from nima.training import setup
 from nima.training.batch_fit import fit_batch
 from nima.training.results import TrainResults
+from nima.training.run_folder import set_aside_earlier_run
 from nima.training.trainer import Trainer
 
 # When tiny Shakespeare cannot be had (no network, no mirror) the quick test trains on Python
@@ -124,12 +125,14 @@ def build_run(
         runtime=runtime,
     )
     trainer.run_config = config  # the whole run, for loggers and reports
-    if trainer.is_main:
-        write_run_config(trainer.output_dir, config, command)
     if checkpoint:
         trainer.load_checkpoint(checkpoint)
     elif init_from:
         trainer.load_checkpoint(init_from, weights_only_model=True)
+    if trainer.is_main:
+        if not checkpoint and (note := set_aside_earlier_run(trainer.output_dir)):
+            say(note)  # before this run's config.yaml, which the Trainer would otherwise set aside
+        write_run_config(trainer.output_dir, config, command)
     return TrainingRun(config, prepared, trainer)
 
 

@@ -40,6 +40,7 @@ from nima.training.meter import Meter, diverged_error
 from nima.training.mfu import peak_flops_for
 from nima.training.preemption import StopSignal
 from nima.training.results import TrainResults
+from nima.training.run_folder import set_aside_earlier_run
 from nima.training.step import TrainStep
 from nima.training.validator import Validator
 
@@ -266,6 +267,8 @@ class Trainer:
             self.memory_plan, getattr(self.raw_model, "config", None), self.validator.coverage,
         ):  # fmt: skip
             self._say(line)
+        if self.is_main and self.step == 0 and (note := set_aside_earlier_run(self.output_dir)):
+            self._say(note)  # a new run in a folder an earlier one left: nothing of it is lost
         for leftover in self.checkpointer.remove_leftovers():
             self._say(f"removed {leftover.name}: a checkpoint that a killed run did not finish writing")
         self._call("on_train_begin", self)
@@ -321,12 +324,10 @@ class Trainer:
         ``keep_last_checkpoints``, prunes away) a good checkpoint. Called where the loop reads the
         loss anyway (logging and saving steps); under torchrun every process calls it together."""
         loss_finite, guard = self.meter.check_numerics(self.device, self.dist.enabled)
-        config = self.config
-        stop_on_guard = config.on_nonfinite == "stop" and guard.nonfinite_steps > 0
-        if not loss_finite or stop_on_guard or guard.longest_run >= config.max_consecutive_skips:
-            raise diverged_error(
-                self._last_finite_step, self.step, self.output_dir, config, guard, loss_finite
-            )
+        cfg = self.config
+        stop_on_guard = cfg.on_nonfinite == "stop" and guard.nonfinite_steps > 0
+        if not loss_finite or stop_on_guard or guard.longest_run >= cfg.max_consecutive_skips:
+            raise diverged_error(self._last_finite_step, self.step, self.output_dir, cfg, guard, loss_finite)
         self._last_finite_step = self.step
 
     # ------------------------------------------------------------------ public pieces
@@ -396,9 +397,7 @@ class Trainer:
         doc="Seconds the current (or last) ``train()`` has spent evaluating and saving checkpoints: "
         "the time that ``train_tokens_per_s`` leaves out.",
     )
-    stop_signal = property(
-        lambda self: self._stop.signum, doc="The signal (SIGTERM or SIGINT) that stopped the last train()."
-    )
+    stop_signal = property(lambda self: self._stop.signum, doc="SIGTERM or SIGINT: what stopped train().")
 
     # ------------------------------------------------------------------ set-up helpers
 
