@@ -13,6 +13,12 @@ grows with the context (linear: doubling the context doubles it).
     python benchmarks/memory.py                          # base config and gpt2-small, CPU
     python benchmarks/memory.py --models base --batches 1 2 4 8 --contexts 256 1024
     python benchmarks/memory.py --quick                  # seconds: a tiny model, one size
+    python benchmarks/memory.py --models base --batches 32 --checkpointing off --precisions bf16 --heap whole
+
+``--heap``: what a CPU step keeps of the memory it frees (``nima/runtime/heap.py``): ``small``
+(blocks under 32 MiB; what the plan counts), ``whole`` (every block: what a run does where its
+plan fits twice over), ``glibc`` (glibc's own settings). Each row also gives seconds and page
+faults per step over the steps after the first two.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from nima.distributed import DistributedContext
     from nima.models import LOSS_CHUNK_ROWS, ModelConfig, create_model
     from nima.runtime import Runtime
+    from nima.runtime.heap import keep_freed_memory
     from nima.runtime.memory import estimate_training_memory, measure_peak
     from nima.runtime.precision import PrecisionChoice
     from nima.training import get_optimizer, get_scheduler
@@ -62,6 +69,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     ids = torch.randint(0, config.vocab_size, (batch, context))
 
     warm: list[float] = []  # wall seconds and page faults of the steps after the first two
+
+    if spec["heap"] == "whole":
+        keep_freed_memory(large_blocks=True)
 
     def train_steps() -> None:
         torch.manual_seed(0)
@@ -93,7 +103,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ)
-    if spec["glibc_defaults"]:  # any malloc setting in the environment leaves glibc's own to it
+    if spec["heap"] == "glibc":  # any malloc setting in the environment leaves glibc as it is
         env["MALLOC_MMAP_MAX_"] = "65536"  # glibc's default
     proc = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)],
@@ -119,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4, help="training steps measured per configuration")
     parser.add_argument(
-        "--glibc_defaults",
-        action="store_true",
-        help="leave glibc's allocator settings as they are (for comparison)",
+        "--heap",
+        default="small",
+        choices=["small", "whole", "glibc"],
+        help="what a CPU step keeps of the memory it frees: blocks under 32 MiB (what the plan "
+        "counts), every block (where the plan leaves room), or glibc's defaults",
     )
     parser.add_argument("--quick", action="store_true", help="one tiny configuration (a smoke test)")
     args = parser.parse_args(argv)
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     for context in args.contexts:
                         spec = {"model": model, "batch": batch, "context": context, "precision": precision,
                                 "gc": gc == "on", "device": args.device, "threads": args.threads,
-                                "steps": args.steps, "glibc_defaults": args.glibc_defaults}  # fmt: skip
+                                "steps": args.steps, "heap": args.heap}  # fmt: skip
                         row = run_child(spec)
                         print(json.dumps(row), flush=True)
                         rows.append(row)

@@ -366,46 +366,66 @@ def test_loading_a_model_for_inference_does_not_read_the_optimizer_state(tmp_pat
 
 
 _WARM_STEP_FAULTS = """
-import resource, torch
-from nima.distributed import DistributedContext
+import os, resource, sys, torch
+sys.path.insert(0, TESTS)
+from training_helpers import small_loader, training_config
+from nima.data import prepare
 from nima.models import ModelConfig, create_model
-from nima.runtime import PrecisionChoice, Runtime
-from nima.training import get_optimizer, get_scheduler
-from nima.training.step import TrainStep
+from nima.runtime.memory import HEADROOM
+from nima.training import Callback, Trainer
 
+class Faults(Callback):  # page faults per step over steps 4-6, once the heap has settled
+    def on_step(self, trainer):
+        if trainer.step in (3, 6):
+            self.at = getattr(self, "at", []) + [resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
+
+prepared = prepare("tiny_shakespeare", "char")
 torch.manual_seed(0)
-config = ModelConfig(
-    vocab_size=65, d_model=64, n_heads=2, n_layers=1, d_ff=512, max_seq_len=256, gradient_checkpointing=GC
-)
-model = create_model(config).train()
-optimizer = get_optimizer(model, "adamw", learning_rate=1e-4)
-scheduler = get_scheduler(optimizer, "constant", num_training_steps=4)
-runtime = Runtime(DistributedContext(), torch.device("cpu"), PrecisionChoice("fp32", "cpu", "test"))
-step = TrainStep(model, optimizer, scheduler, runtime, 1.0, list(model.parameters()))
-ids = torch.randint(0, 65, (96, 256))
-for i in range(4):
-    if i == 2:
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    step([{"input_ids": ids, "labels": ids}])
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) // 2)
+config = ModelConfig(vocab_size=65, d_model=64, n_heads=2, n_layers=1, d_ff=512, max_seq_len=256)
+loader = small_loader(prepared, batch_size=96, tokens=100_000, max_length=256)
+training = training_config(Path(OUT), "fp32", max_steps=6, batch_size=96, log_every=3)
+if TIGHT:  # the plan fits, but not twice over
+    probe = Trainer(create_model(config), training, loader).memory_plan
+    os.environ["NIMA_MEMORY_LIMIT"] = str(int(probe.total * 1.5 / HEADROOM))
+faults = Faults()
+trainer = Trainer(create_model(config), training, loader, callbacks=[faults])
+trainer.train()
+print(trainer.memory_plan.keeps_every_block, (faults.at[1] - faults.at[0]) // 3)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_warm_cpu_steps_reuse_their_memory_instead_of_faulting_it_in_again(checkpointing: bool) -> None:
+@pytest.mark.parametrize("tight", [False, True])
+def test_warm_cpu_steps_reuse_their_memory_where_the_plan_has_room(tmp_path: Path, tight: bool) -> None:
     # Blocks of 48 MiB (the MLP's activations at 96 x 256 tokens), above the 32 MiB that glibc
-    # always maps alone by default: with its defaults every step maps and faults them in afresh
-    # (the guide's base config spent a third of each step there); a training step keeps them,
-    # except with gradient checkpointing, chosen to save memory, where they are mapped alone.
-    script = f"GC = {checkpointing}\n{_WARM_STEP_FAULTS}"
+    # always maps alone: mapped afresh, every step faults them in again (the guide's base config
+    # spent a third of each step there). Where the plan fits twice over, the steps keep them.
+    tests = str(Path(__file__).parent)
+    header = f"from pathlib import Path\nTESTS, OUT, TIGHT = {tests!r}, {str(tmp_path)!r}, {tight}\n"
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+        [sys.executable, "-c", header + _WARM_STEP_FAULTS], capture_output=True, text=True, timeout=300
     )
-    faults_per_step = int(proc.stdout.split()[-1])
-    # Mapped afresh, the blocks cost 65,000-90,000 faults a step; a kept heap 0, or a few thousand
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept, faults_per_step = proc.stdout.split()[-2:]
+    # Mapped alone, the blocks cost 65,000-90,000 faults a step; a kept heap 0, or a few thousand
     # on a step where it still grows to fit a new mix of block sizes.
-    if checkpointing:
-        assert faults_per_step > 40_000, faults_per_step
+    if tight:
+        assert kept == "False" and int(faults_per_step) > 40_000, proc.stdout
     else:
-        assert faults_per_step < 15_000, faults_per_step
+        assert kept == "True" and int(faults_per_step) < 15_000, proc.stdout
+
+
+def test_every_block_is_kept_only_where_the_plan_fits_twice_over() -> None:
+    config = ModelConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=2, max_seq_len=256)
+
+    def room(available: int | None, gc: bool = False, device: str = "cpu") -> bool:
+        plan = estimate_training_memory(
+            config, 8, 256, gradient_checkpointing=gc, device=device, available=available
+        )
+        return plan.room_to_keep_every_block
+
+    total = estimate_training_memory(config, 8, 256, device="cpu").total
+    roomy, tight = int(total * 2.1 / HEADROOM), int(total * 1.9 / HEADROOM)
+    assert room(roomy) and not room(tight)
+    assert not room(roomy, gc=True)  # checkpointing was chosen to save memory
+    assert not room(None) and not room(roomy, device="cuda")  # memory unknown; not a CPU

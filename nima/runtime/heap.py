@@ -10,16 +10,15 @@ and the kernel zeroes every page again:
 - at the guide's base config (batch 32 x 1024, blocks of 32-128 MiB, which glibc always maps
   alone): 3.1 million faults and 12-15 s of kernel time in a 40 s step (bf16).
 
-So a training process takes every block from its heap (M_MMAP_MAX 0) and keeps what it frees
+So a training process may take every block from its heap (M_MMAP_MAX 0) and keep what it frees
 there (M_TRIM_THRESHOLD at its 2 GiB ceiling): after the first steps no page is faulted in again,
 and the base config's step went from 40 to 11 s (benchmarks/README.md, ``memory.py``). The cost:
-holes in the kept heap raise the peak resident memory above the live tensors (about 1.3x), which
-the memory plan counts (HEAP_SLACK in runtime/memory.py), and the process keeps its peak until it
+holes in the kept heap, 0.25-1.0x the activations and logits again (base config, gpt2-small). So
+it does where the memory plan leaves room for that (``MemoryPlan.room_to_keep_every_block``: not
+with gradient checkpointing, chosen to save memory); otherwise only blocks under 32 MiB are kept
+and larger ones are mapped and unmapped alone, as glibc does. The process keeps its peak until it
 exits or calls :func:`release_freed_memory`.
 
-With gradient checkpointing, which a user turns on to save memory, the recompute path's mix of
-sizes would keep 2.5x as much (base config, batch 32, fp32: 5.1 GiB against 2.1): there only
-blocks under 32 MiB are kept, and larger ones are mapped and unmapped alone as glibc does.
 Linux with glibc only; left alone when the environment already tunes malloc.
 """
 
@@ -40,10 +39,15 @@ _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESH
 _mode: str | None = None
 
 
-def keep_freed_memory(large_blocks: bool = True) -> bool:
+def keep_freed_memory(large_blocks: bool | None = None) -> bool:
     """Let glibc keep what a step frees for the next one: every block, or (``large_blocks``
-    False) only those under 32 MiB. Returns whether the settings are in force."""
+    False) only those under 32 MiB; None: those under 32 MiB unless a choice was made already
+    (the Trainer makes it from its memory plan). Returns whether the settings are in force."""
     global _mode
+    if large_blocks is None:
+        if _mode is not None:
+            return True
+        large_blocks = False
     mode = "whole" if large_blocks else "small"
     if _mode == mode:
         return True

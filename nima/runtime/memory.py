@@ -47,14 +47,19 @@ WORKSPACE_FIXED = 128 * 1024**2
 # Attention that keeps (T x T) scores per head (SDPA's math path, e.g. attention dropout on a
 # CPU): scores, dropout mask and probabilities.
 QUADRATIC_BYTES_PER_SCORE = 13.0
-# On a CPU a training process lets glibc keep in its heap what a step frees, for the next step
-# (runtime/heap.py: every block; with gradient checkpointing only blocks under 32 MiB). Mixing
-# sizes in one heap leaves holes that stay resident: the resident set peaks above the live
-# tensors. Measured per sequence (4 layers, d_model 128-384, context 256-512, fp32): 1.3x without
-# gradient checkpointing, about 2.7x for the recompute path's activations with it; the base config
-# at batch 4 and 32 x 1024 agrees (benchmarks/memory.py).
+# On a CPU a training process lets glibc keep in its heap the blocks under 32 MiB that a step
+# frees (runtime/heap.py). Mixing sizes in one heap leaves holes that stay resident: the resident
+# set peaks above the live tensors. Measured per sequence (4 layers, d_model 128-384, context
+# 256-512, fp32): 1.3x without gradient checkpointing, about 2.7x for the recompute path's
+# activations with it. Larger blocks are mapped and unmapped alone, unless the plan leaves room
+# to keep them too (KEPT_HEAP_ROOM).
 HEAP_SLACK = 1.33
 HEAP_SLACK_RECOMPUTE = 2.7
+# Keeping every block a step frees, large ones too (runtime/heap.py: no page faulted in again; the
+# base config's step 3.6x faster on a CPU) leaves more holes: measured 0.25-1.0x the activations
+# and logits again (base config and gpt2-small, fp32 and bf16). So a CPU run keeps every block
+# only when the plan fits this many times over; otherwise large blocks are mapped alone.
+KEPT_HEAP_ROOM = 2.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ class MemoryPlan:
     checkpoint_copy: int = 0
     """A checkpoint written in the background (``async_checkpoint``) on a CPU: its copy of the
     weights and optimizer state lives in the same memory while training goes on."""
+    keeps_every_block: bool = False
+    """On a CPU: the steps keep every block they free (faster), not only those under 32 MiB."""
 
     @property
     def total(self) -> int:
@@ -92,6 +99,18 @@ class MemoryPlan:
     def fits(self) -> bool:
         return self.usable is None or self.total <= self.usable
 
+    @property
+    def room_to_keep_every_block(self) -> bool:
+        """Whether a CPU step may keep every block it frees: the plan fits KEPT_HEAP_ROOM times
+        over (not with gradient checkpointing, chosen to save memory, nor with memory unknown)."""
+        on_cpu = self.device.startswith("cpu")
+        return (
+            on_cpu
+            and not self.gradient_checkpointing
+            and self.usable is not None
+            and (self.total * KEPT_HEAP_ROOM <= self.usable)
+        )
+
     def describe(self) -> str:
         """One line: the parts, the total, and what is available."""
         where = "GPU" if self.device.startswith("cuda") else "RAM"
@@ -99,10 +118,12 @@ class MemoryPlan:
         gc = ", gradient checkpointing" if self.gradient_checkpointing else ""
         activations = self.activations + self.logits + self.workspace
         copy = f" + checkpoint copy {_gib(self.checkpoint_copy)}" if self.checkpoint_copy else ""
+        kept = "; the steps keep the memory they free (faster; up to 2x the plan resident)"
+        kept = kept if self.keeps_every_block else ""
         return (
             f"memory plan: weights {_gib(self.weights)} + gradients {_gib(self.gradients)} + optimizer "
             f"{_gib(self.optimizer)} + activations {_gib(activations)} (batch {self.batch_size} x "
-            f"{self.seq_len}, {self.precision}{gc}){copy} = {_gib(self.total)} of {have}"
+            f"{self.seq_len}, {self.precision}{gc}){copy} = {_gib(self.total)} of {have}{kept}"
         )
 
 
@@ -155,10 +176,10 @@ def estimate_training_memory(
     c_d, c_f = ACTIVATION_BYTES[precision]
     on_cpu = str(device).startswith("cpu")
 
-    def heap_slack(block_bytes: float) -> float:  # the blocks glibc's heap keeps (runtime/heap.py)
-        if not on_cpu or (gc and block_bytes >= SMALL_BLOCK_LIMIT):
-            return 1.0
-        return HEAP_SLACK_RECOMPUTE if gc else HEAP_SLACK
+    slack = HEAP_SLACK_RECOMPUTE if gc else HEAP_SLACK
+
+    def heap_slack(block_bytes: float) -> float:  # glibc's heap serves blocks under its mmap threshold
+        return slack if on_cpu and block_bytes < SMALL_BLOCK_LIMIT else 1.0
 
     per_layer = tokens * (c_d * d * heap_slack(tokens * d * 4) + c_f * f * heap_slack(tokens * f * 4))
     if config.dropout > 0:

@@ -24,6 +24,7 @@ from nima.distributed import DistributedContext
 from nima.errors import ConfigError
 from nima.models import LOSS_CHUNK_ROWS, ModelConfig
 from nima.runtime import Runtime, bf16_faster_on_cpu
+from nima.runtime.heap import keep_freed_memory
 from nima.runtime.memory import MemoryPlan, available_memory, estimate_training_memory
 from nima.training.config import TrainingConfig
 from nima.training.optimizers import get_optimizer
@@ -170,6 +171,9 @@ def plan_memory(
     plan = estimate_for(model_config, batch_size, seq_len, runtime, config)
     if not plan.fits:
         raise ConfigError(memory_refusal(plan, model_config, config, runtime))
+    if runtime.device.type == "cpu":  # where there is room, the steps keep every block they free
+        plan = dataclasses.replace(plan, keeps_every_block=plan.room_to_keep_every_block)
+        keep_freed_memory(large_blocks=plan.keeps_every_block)
     return plan
 
 

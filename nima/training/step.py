@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from nima.distributed import no_sync
-from nima.runtime import Runtime, loss_only, unwrap_model
+from nima.runtime import Runtime, loss_only
 from nima.runtime.heap import keep_freed_memory
 from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
 from nima.training.guard import NonfiniteGuard
@@ -60,7 +60,7 @@ class TrainStep:
         self._skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False) and not any(
             _is_dtensor(p) for p in params
         )
-        keep_freed_memory(large_blocks=not _checkpoints_activations(model))
+        keep_freed_memory()  # blocks under 32 MiB, unless the Trainer's memory plan chose more
         # Training never needs the logits: the model may then compute the loss in chunks, never
         # holding (B, T, vocab) logits at long contexts (see GPT.forward).
         self._loss_only = loss_only(model)
@@ -148,8 +148,3 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's value as a plain tensor (replicated scalars: the same on every rank)."""
     return tensor.full_tensor() if _is_dtensor(tensor) else tensor
-
-
-def _checkpoints_activations(model: nn.Module) -> bool:
-    """Whether the model recomputes its activations (gradient checkpointing): memory was asked for."""
-    return bool(getattr(getattr(unwrap_model(model), "config", None), "gradient_checkpointing", False))
