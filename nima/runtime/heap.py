@@ -8,11 +8,11 @@ and the kernel zeroes every page again:
 - at the reference shape (blocks of hundreds of KiB): 450-1,350 page faults, about 1.5 ms (4%) a
   step on a 2-core CPU;
 - at the guide's base config (batch 32 x 1024, blocks of 32-128 MiB, which glibc always maps
-  alone): 3.1 million faults and 12-15 s of kernel time in a 40 s step (bf16).
+  alone): 2.6-3.8 million faults a step, 18.5-21.4 s a step (bf16, 2 cores, a quiet machine).
 
 So a training process may take every block from its heap (M_MMAP_MAX 0) and keep what it frees
 there (M_TRIM_THRESHOLD at its 2 GiB ceiling): after the first steps no page is faulted in again,
-and the base config's step went from 40 to 11 s (benchmarks/README.md, ``memory.py``). The cost:
+and the base config's step takes 10.8 s (benchmarks/README.md, ``memory.py --heap``). The cost:
 holes in the kept heap, 0.25-1.0x the activations and logits again (base config, gpt2-small). So
 it does where the memory plan leaves room for that (``MemoryPlan.room_to_keep_every_block``: not
 with gradient checkpointing, chosen to save memory); otherwise only blocks under 32 MiB are kept
@@ -30,7 +30,7 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt's parameters (malloc.h)
 SMALL_BLOCK_LIMIT = 32 << 20
-"""With gradient checkpointing, blocks from this size up are mapped alone (glibc's ceiling)."""
+"""Blocks from this size up are mapped alone unless every block is kept (glibc's own ceiling)."""
 _SETTINGS = {
     "whole": ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)),  # mallopt takes an int
     "small": ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, SMALL_BLOCK_LIMIT), (_M_TRIM_THRESHOLD, 64 << 20)),

@@ -56,7 +56,7 @@ QUADRATIC_BYTES_PER_SCORE = 13.0
 HEAP_SLACK = 1.33
 HEAP_SLACK_RECOMPUTE = 2.7
 # Keeping every block a step frees, large ones too (runtime/heap.py: no page faulted in again; the
-# base config's step 3.6x faster on a CPU) leaves more holes: measured 0.25-1.0x the activations
+# base config's step 1.7x faster on a CPU) leaves more holes: measured 0.25-1.0x the activations
 # and logits again (base config and gpt2-small, fp32 and bf16). So a CPU run keeps every block
 # only when the plan fits this many times over; otherwise large blocks are mapped alone.
 KEPT_HEAP_ROOM = 2.0
