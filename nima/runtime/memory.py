@@ -58,7 +58,8 @@ HEAP_SLACK_RECOMPUTE = 2.7
 # Keeping every block a step frees, large ones too (runtime/heap.py: no page faulted in again; the
 # base config's step 1.7x faster on a CPU) leaves more holes: measured 0.25-1.0x the activations
 # and logits again (base config and gpt2-small, fp32 and bf16). So a CPU run keeps every block
-# only when the plan fits this many times over; otherwise large blocks are mapped alone.
+# only when the plan fits this many times over (and it runs alone: training/setup.py);
+# otherwise large blocks are mapped alone.
 KEPT_HEAP_ROOM = 2.0
 
 

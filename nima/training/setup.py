@@ -172,7 +172,8 @@ def plan_memory(
     if not plan.fits:
         raise ConfigError(memory_refusal(plan, model_config, config, runtime))
     if runtime.device.type == "cpu":  # where there is room, the steps keep every block they free
-        plan = dataclasses.replace(plan, keeps_every_block=plan.room_to_keep_every_block)
+        alone = not runtime.dist.enabled  # torchrun's processes on one machine share its memory
+        plan = dataclasses.replace(plan, keeps_every_block=alone and plan.room_to_keep_every_block)
         keep_freed_memory(large_blocks=plan.keeps_every_block)
     return plan
 
