@@ -381,7 +381,7 @@ class Faults(Callback):  # page faults per step over steps 4-6, once the heap ha
 
 prepared = prepare("tiny_shakespeare", "char")
 torch.manual_seed(0)
-config = ModelConfig(vocab_size=65, d_model=64, n_heads=2, n_layers=1, d_ff=512, max_seq_len=256)
+config = ModelConfig(vocab_size=65, d_model=64, n_heads=2, n_layers=2, d_ff=512, max_seq_len=256)
 loader = small_loader(prepared, batch_size=96, tokens=100_000, max_length=256)
 training = training_config(Path(OUT), "fp32", max_steps=6, batch_size=96, log_every=3)
 if TIGHT:  # the plan fits, but not twice over
@@ -407,10 +407,10 @@ def test_warm_cpu_steps_reuse_their_memory_where_the_plan_has_room(tmp_path: Pat
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     kept, faults_per_step = proc.stdout.split()[-2:]
-    # Mapped alone, the blocks cost 65,000-90,000 faults a step; a kept heap 0, or a few thousand
+    # Mapped alone, the blocks cost about 100,000 faults a step; a kept heap 0, or a few thousand
     # on a step where it still grows to fit a new mix of block sizes.
     if tight:
-        assert kept == "False" and int(faults_per_step) > 40_000, proc.stdout
+        assert kept == "False" and int(faults_per_step) > 50_000, proc.stdout
     else:
         assert kept == "True" and int(faults_per_step) < 15_000, proc.stdout
 
