@@ -25,8 +25,8 @@ def set_aside_earlier_run(output_dir: str | Path) -> str | None:
     """Move an earlier run's files (a checkpoint or logged metrics) out of the way of a new run
     in ``output_dir``; returns the line that says where they went, None when there was none."""
     folder = Path(output_dir)
-    checkpoints = sorted((folder / "checkpoints").glob("*.pt"))
-    if not checkpoints and not (folder / "logs" / "metrics.jsonl").is_file():
+    has_checkpoint = any((folder / "checkpoints").glob("*.pt"))
+    if not has_checkpoint and not (folder / "logs" / "metrics.jsonl").is_file():
         return None
     newest = newest_checkpoint(folder)  # what --resume would have taken
     target = _new_folder(folder / EARLIER_RUNS)
