@@ -289,8 +289,9 @@ class RunReport(Callback):
 
     The plot is drawn from ``logs/metrics.jsonl``, in time counted as evaluation overhead (not in
     tokens/s). At an evaluation it is redrawn only while all drawings so far, the next one
-    included, stay within ``budget`` of the run's time (a drawing takes a few tenths of a second:
-    a run of minutes sees its curves at every evaluation, a run of seconds only at its end).
+    included, stay within ``budget`` of the time spent in training steps so far (a drawing takes a
+    few tenths of a second: a run of minutes sees its curves at every evaluation, a run of seconds
+    only at its end).
     ``plot=False`` never draws; ``report=False`` writes no report.
     """
 
@@ -306,7 +307,6 @@ class RunReport(Callback):
         self.sample_tokens = sample_tokens
         self._logged = 0
         self._plotted_at = 0
-        self._started = time.perf_counter()
         self._draw_s = 0.0  # the last drawing's seconds
         self._drawing_s = 0.0  # all drawings' seconds
 
@@ -328,7 +328,6 @@ class RunReport(Callback):
         self._plotted_at = self._logged
 
     def on_train_begin(self, trainer: Any) -> None:
-        self._started = time.perf_counter()
         if not trainer.is_main or not self.report:
             return
         from nima.reporting.runs import update_run_info
@@ -362,7 +361,7 @@ class RunReport(Callback):
         self._logged += 1
         if trainer.is_main and "val_loss" in metrics:  # an evaluation: the file now has it
             next_drawing = self._draw_s or self.first_drawing_s
-            if self._drawing_s + next_drawing <= self.budget * (time.perf_counter() - self._started):
+            if self._drawing_s + next_drawing <= self.budget * trainer.meter.train_s:
                 self._draw(trainer)
 
     def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
