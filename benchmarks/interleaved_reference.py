@@ -170,6 +170,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "nima_ms_per_step": nima_ms,
         "reference_ms_per_step": reference_ms,
         "steps": interleave.nima_steps,
+        "reference_steps": interleave.reference_steps,
         "evals": interleave.evals,
         "saves": interleave.saves,
         "overhead_share": interleave.overhead_s / interleave.nima_s,
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0:
                 raise SystemExit(f"round {r + 1} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
             figures = json.loads(proc.stdout.strip().splitlines()[-1])
+            if figures["reference_steps"] != figures["steps"]:
+                raise SystemExit(f"round {r + 1}: the two sides ran different step counts: {figures}")
             ratios.append(figures["ratio"])
             print(
                 f"round {r + 1}: reference {figures['reference_ms_per_step']:.2f} ms/step, nima "

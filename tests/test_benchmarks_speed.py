@@ -252,6 +252,17 @@ def test_loop_overhead_profile_lists_the_loop_outside_the_model(session_data_dir
     assert "nima/models/" not in out  # the model's own code is left out of the listing
 
 
+def test_interleaved_reference_pairs_the_same_steps_in_one_process(tiny_shakespeare_file, capsys):
+    bench = _load("interleaved_reference")
+    argv = ["--rounds", "1", "--steps", "40", "--chunk", "10", "--warmup", "10", "--text", str(tiny_shakespeare_file)]
+    assert bench.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    (round_line,) = [line for line in lines if line.startswith("round ")]
+    assert "(30 steps, evals 1, saves 2," in round_line  # the final evaluation and checkpoints are timed
+    result = json.loads(lines[-1])["whole_trainer_vs_textbook"]
+    assert result["n"] == 1 and result["min"] == result["median"] == result["max"] > 0
+
+
 def test_memory_benchmark_measures_its_quick_configurations():
     proc = subprocess.run(
         [sys.executable, str(BENCH / "memory.py"), "--quick"], capture_output=True, text=True, check=False
