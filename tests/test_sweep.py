@@ -385,3 +385,21 @@ def test_sweep_section_of_the_config_and_the_default_space(tmp_path: Path):
         lines[0] == "space (default): training.learning_rate=log:0.0003..0.03, training.warmup_steps=int:0..2"
     )
     assert set(result.best_params) == {"training.learning_rate", "training.warmup_steps"}
+
+
+def test_the_history_plot_draws_the_best_so_far_as_steps() -> None:
+    pytest.importorskip("matplotlib")
+    from optuna.visualization import matplotlib as vis
+
+    from nima.tuning.sweep import _figure_of, _label_history
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    for value in (3.0, 2.5, 2.7, 2.0):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+    figure = _figure_of(vis.plot_optimization_history(study))
+    _label_history(figure)
+    (best,) = [line for line in figure.axes[0].get_lines() if line.get_label() == "Best Value"]
+    assert list(best.get_ydata()) == [3.0, 2.5, 2.5, 2.0]
+    assert best.get_drawstyle() == "steps-post"  # flat until the trial that improves it
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()][-1] == "best so far"

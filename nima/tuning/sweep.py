@@ -853,10 +853,14 @@ def _figure_of(axes: Any) -> Any:
 
 
 def _label_history(figure: Any) -> None:
-    """The history plot: whole trial numbers, and what the value is."""
+    """The history plot: whole trial numbers, what the value is, and the best so far as steps
+    (it changes only at a trial; Optuna draws it as a line sloping between trials)."""
     from matplotlib.ticker import MaxNLocator
 
     ax = figure.axes[0]
+    for line in ax.get_lines():
+        if line.get_label() == "Best Value":
+            line.set_drawstyle("steps-post")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation loss")
     ax.set_title("Optimization history (completed trials)")
