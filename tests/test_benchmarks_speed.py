@@ -254,8 +254,8 @@ def test_loop_overhead_profile_lists_the_loop_outside_the_model(session_data_dir
 
 def test_interleaved_reference_pairs_the_same_steps_in_one_process(tiny_shakespeare_file, capsys):
     bench = _load("interleaved_reference")
-    argv = ["--rounds", "1", "--steps", "40", "--chunk", "10", "--warmup", "10", "--text", str(tiny_shakespeare_file)]
-    assert bench.main(argv) == 0
+    argv = ["--rounds", "1", "--steps", "40", "--chunk", "10", "--warmup", "10"]
+    assert bench.main([*argv, "--text", str(tiny_shakespeare_file)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     (round_line,) = [line for line in lines if line.startswith("round ")]
     assert "(30 steps, evals 1, saves 2," in round_line  # the final evaluation and checkpoints are timed

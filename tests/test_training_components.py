@@ -297,6 +297,18 @@ def test_progress_printer_plain_lines() -> None:
     assert lines[-1] == "epoch 0 | train_loss 2.0000 | val_loss 2.1000"
 
 
+@pytest.mark.parametrize(
+    ("steps_per_epoch", "total_steps", "expected"),
+    [(50, 200, True), (10, 200, True), (8, 300, False), (200, 200, False), (None, 200, False)],
+)
+def test_epoch_lines_only_where_an_epoch_holds_a_logging_step(steps_per_epoch, total_steps, expected) -> None:
+    from nima.training.config import TrainingConfig
+    from nima.training.console import make_progress
+
+    config = TrainingConfig(log_every=10, progress_bar=False)
+    assert make_progress(config, total_steps, 0, steps_per_epoch).epoch_lines is expected
+
+
 def test_progress_printer_live_bar() -> None:
     out = io.StringIO()
     printer = ProgressPrinter(total_steps=20, print_frequency=5, stream=out, use_bar=True)

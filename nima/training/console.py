@@ -15,13 +15,14 @@ def make_progress(
     config: TrainingConfig, total_steps: int, start_step: int, steps_per_epoch: int | None
 ) -> ProgressPrinter:
     """A live bar on a terminal (when ``progress_bar``), else about 20 plain lines per run, at
-    multiples of ``log_every``; epoch lines when the run has more than one epoch."""
+    multiples of ``log_every``; epoch lines when the run has more than one epoch and an epoch holds
+    a logging step (a shorter epoch's line would repeat the last one's figures)."""
     printer = ProgressPrinter(
         total_steps=total_steps,
         print_frequency=config.log_every,
         use_bar=None if config.progress_bar else False,
         initial_step=start_step,
-        epoch_lines=bool(steps_per_epoch) and total_steps > steps_per_epoch,
+        epoch_lines=bool(steps_per_epoch) and config.log_every <= steps_per_epoch < total_steps,
     )
     if not printer.use_bar:
         every, log_every = max(1, total_steps // 20), config.log_every
