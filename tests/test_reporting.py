@@ -218,6 +218,18 @@ def test_the_plot_is_redrawn_at_evaluations_but_costs_little(prepared, tmp_path:
     assert drawn == [4]  # a run of a second: within 1% of its time no drawing fits but the last
 
 
+def test_the_drawing_budget_counts_training_time_not_time_spent_elsewhere(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    report = RunReport(plot=True, report=False)
+    drawn: list[float] = []
+    monkeypatch.setattr(report, "_draw", lambda trainer: drawn.append(trainer.meter.train_s))
+    for train_s in (10.0, 100.0):  # 1% of it: 0.1 s, then 1 s, for a first drawing taken as 0.5 s
+        trainer = SimpleNamespace(is_main=True, meter=SimpleNamespace(train_s=train_s))
+        report.on_log(trainer, {"val_loss": 2.0})
+    assert drawn == [100.0]
+
+
 def test_no_report_or_plot_when_asked(prepared, tmp_path: Path) -> None:
     out = tmp_path / "out"
     train_tiny(prepared, out, callbacks=[RunReport(plot=False, report=False)], max_steps=2, eval_every=0)
