@@ -195,6 +195,7 @@ def test_result_serialises_and_formats():
     assert result.bits_per_char == pytest.approx(1.0)
     text = result.format()
     assert "perplexity" in text and "stride 4" in text and "bits per byte" in text
+    assert "(1 window of 8 tokens, stride 4)" in text
     assert EvalResult.from_totals(1e6, 1).perplexity == math.inf
 
 

@@ -218,6 +218,16 @@ def test_the_plot_is_redrawn_at_evaluations_but_costs_little(prepared, tmp_path:
     assert drawn == [4]  # a run of a second: within 1% of its time no drawing fits but the last
 
 
+def test_the_final_evaluation_is_logged_with_the_figures_of_any_other(prepared, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    train_tiny(prepared, out, max_steps=6, eval_every=4)  # evaluations at step 4 and, at the end, 6
+    evaluations = [r for r in read_metrics(out / "logs" / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in evaluations] == [4, 6]
+    for record in evaluations:
+        assert record["val_perplexity"] == pytest.approx(np.exp(record["val_loss"]))
+        assert record["val_tokens"] > 0
+
+
 def test_the_drawing_budget_counts_training_time_not_time_spent_elsewhere(monkeypatch) -> None:
     from types import SimpleNamespace
 

@@ -110,6 +110,7 @@ class EvalResult:
         scored = f"tokens scored   {self.tokens:,}"
         if self.context_length is not None:
             overlap = "non-overlapping" if self.stride == self.context_length else f"stride {self.stride}"
-            scored += f"  ({self.windows:,} windows of {self.context_length} tokens, {overlap})"
+            windows = f"{self.windows:,} window{'s' if self.windows != 1 else ''}"
+            scored += f"  ({windows} of {self.context_length} tokens, {overlap})"
         lines.append(scored)
         return "\n".join(lines)

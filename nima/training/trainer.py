@@ -247,8 +247,7 @@ class Trainer:
         trained = self.step > start_step
         evaluated_now = self.validator.last_step == self.step
         if self.validator.enabled and trained and not evaluated_now and not self._stop.signum:
-            metrics = self._validate()
-            self._call("on_log", self, {"val_loss": metrics["val_loss"]})
+            self._call("on_log", self, self._validate())  # the same figures as a mid-run evaluation
         if trained and self.checkpointer.last_saved_step != self.step:
             self._check_numerics()
             with self.meter.overhead():
