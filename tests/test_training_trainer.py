@@ -169,6 +169,27 @@ def test_resume_is_bit_exact(prepared, tmp_path: Path) -> None:
     assert {**losses_a, **losses_b} == straight  # bit-identical float losses at every step
 
 
+def test_a_resume_with_a_longer_schedule_says_so_and_follows_it(prepared, tmp_path: Path, capsys) -> None:
+    train = small_loader(prepared, tokens=1000)
+    settings = {"max_steps": 4, "warmup_steps": 1, "min_lr": 3e-4}
+    first = Trainer(tiny_model(prepared), training_config(tmp_path, "fp32", **settings), train)
+    first.train()
+    path = first.save_checkpoint("planned_for_4")
+    assert first.scheduler.get_last_lr()[0] == pytest.approx(3e-4)  # the cosine's end: min_lr
+    same = Trainer(tiny_model(prepared), training_config(tmp_path, "fp32", **settings), train)
+    capsys.readouterr()
+    same.load_checkpoint(path)
+    assert "note:" not in capsys.readouterr().out  # the same plan: an exact resume, nothing to say
+    longer = Trainer(
+        tiny_model(prepared), training_config(tmp_path, "fp32", **{**settings, "max_steps": 8}), train
+    )
+    longer.load_checkpoint(path)
+    note = capsys.readouterr().out
+    expected = 3e-4 + (3e-3 - 3e-4) * 0.5 * (1 + math.cos(math.pi * 3 / 7))  # step 4 of 1 + 7
+    assert f"at step 4 its run was at 3.00e-04, the new schedule is at {expected:.2e}" in note
+    assert [g["lr"] for g in longer.optimizer.param_groups] == pytest.approx([expected] * 2)
+
+
 def test_resume_with_mismatched_model_or_tokenizer_fails(prepared, tmp_path: Path) -> None:
     train = small_loader(prepared, tokens=1000)
     trainer = Trainer(tiny_model(prepared), config(tmp_path, max_steps=1), train)

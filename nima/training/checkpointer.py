@@ -37,6 +37,7 @@ from nima.distributed.fsdp import full_state_dicts, load_full_model_state, load_
 from nima.errors import CheckpointError
 from nima.runtime import Runtime, is_sharded
 from nima.training.background_save import BackgroundSaver
+from nima.training.schedulers import follow_changed_schedule
 
 
 class Stateful(Protocol):
@@ -191,6 +192,9 @@ class Checkpointer:
             if component is not None and ckpt.get(key):
                 component.load_state_dict(ckpt[key])
         self._restore_rng(ckpt, path)
+        note = follow_changed_schedule(self._keyed.get("scheduler"), path)
+        if note and self.runtime.is_main:
+            print(note, flush=True)
         saved, now = ckpt.get("precision"), self.runtime.precision.name
         if saved and saved != now and self.runtime.is_main:
             warnings.warn(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -89,3 +91,25 @@ def get_scheduler(
 
     peaks = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
     return LambdaLR(optimizer, [for_group(p) for p in peaks])
+
+
+def follow_changed_schedule(scheduler: Any, checkpoint: str | Path) -> str | None:
+    """After resuming from ``checkpoint``: where the schedule rebuilt from this run's config gives
+    another learning rate at the checkpoint's step than its run was at (``max_steps``,
+    ``warmup_steps`` or the schedule type changed; raising ``max_steps`` stretches a cosine and
+    raises the rate again), move the optimizer to the new schedule now and return a note saying so."""
+    factors = getattr(scheduler, "lr_lambdas", None)
+    if not factors or len(factors) != len(scheduler.base_lrs):
+        return None
+    step, was = scheduler.last_epoch, scheduler.get_last_lr()
+    now = [base * factor(step) for base, factor in zip(scheduler.base_lrs, factors, strict=True)]
+    if all(math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-12) for a, b in zip(was, now, strict=True)):
+        return None
+    for group, lr in zip(scheduler.optimizer.param_groups, now, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = now  # what get_last_lr() reports (torch keeps it under this name)
+    return (
+        f"note: the learning-rate schedule is not the one {checkpoint} was trained with "
+        f"(training.max_steps, warmup_steps or lr_scheduler_type changed): at step {step} its run was "
+        f"at {was[0]:.2e}, the new schedule is at {now[0]:.2e}, and training follows the new schedule"
+    )
