@@ -97,6 +97,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, session_data_dir: Path, compiled
     assert report["val_loss"] is not None
     assert (tmp_path / "out" / "checkpoints" / "step_4.pt").is_file()
     assert stdout.count("training ") == 1  # only rank 0 talks
+    assert " parameters on cpu x 2 processes (DDP);" in stdout
 
 
 # The end of the workers in which every rank should stop with STOP_ERROR (which they import):
@@ -305,8 +306,10 @@ def test_two_process_resume_and_preemption_are_bit_exact(
 ) -> None:
     # With dropout on, each rank draws its own random stream; the checkpoint must hold every
     # rank's, or the resumed run drifts from the uninterrupted one.
-    report, _ = _run_worker(RESUME_WORKER, "resume_worker", tmp_path, session_data_dir, strategy)
+    report, stdout = _run_worker(RESUME_WORKER, "resume_worker", tmp_path, session_data_dir, strategy)
     assert report["max_diff"] == 0.0 and report["steps"] == 6
+    wrapped = {"ddp": "DDP", "fsdp": "FSDP2"}[strategy]
+    assert f" parameters on cpu x 2 processes ({wrapped});" in stdout
     # A SIGTERM seen by one rank stops both at the same step, with one checkpoint that resumes exactly.
     assert report["preempted_at"] == [3, 15]
     assert report["after_preemption_diff"] == 0.0

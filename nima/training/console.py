@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from nima.runtime import Runtime
+from torch import nn
+
+from nima.runtime import Runtime, is_sharded
 from nima.runtime.memory import MemoryPlan
 from nima.training.callbacks import ProgressPrinter
 from nima.training.config import TrainingConfig
@@ -38,12 +39,15 @@ def start_lines(
     batch_in_epoch: int,
     compiling: bool,
     memory_plan: MemoryPlan | None = None,
-    model_config: Any = None,
+    model: nn.Module | None = None,
     validation: str = "",
 ) -> list[str]:
-    """What the run says when it starts: size, device, precision (and why), the memory plan,
-    what the validation loss covers, resume point."""
-    where = f"{runtime.device}" + (f" x {runtime.dist.world_size} processes" if runtime.dist.enabled else "")
+    """What the run says when it starts: size, device (and processes: DDP or FSDP2), precision
+    (and why), the memory plan, what the validation loss covers, resume point."""
+    where = f"{runtime.device}"
+    if runtime.dist.enabled:
+        where += f" x {runtime.dist.world_size} processes ({'FSDP2' if is_sharded(model) else 'DDP'})"
+    model_config = getattr(model, "config", None)
     lines = [f"training {n_params / 1e6:.2f}M parameters on {where}; {runtime.precision.describe()}"]
     if memory_plan is not None:
         lines.append(memory_plan.describe())

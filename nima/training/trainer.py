@@ -263,7 +263,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.train_step.params)
         for line in start_lines(
             n_params, self.runtime, self.step, self.epoch, self.batch_in_epoch, self.config.compile,
-            self.memory_plan, getattr(self.raw_model, "config", None), self.validator.coverage,
+            self.memory_plan, self.raw_model, self.validator.coverage,
         ):  # fmt: skip
             self._say(line)
         if self.is_main and self.step == 0 and (note := set_aside_earlier_run(self.output_dir)):
