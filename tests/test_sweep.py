@@ -403,3 +403,14 @@ def test_the_history_plot_draws_the_best_so_far_as_steps() -> None:
     assert list(best.get_ydata()) == [3.0, 2.5, 2.5, 2.0]
     assert best.get_drawstyle() == "steps-post"  # flat until the trial that improves it
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()][-1] == "best so far"
+
+
+def test_the_best_config_keeps_the_configs_own_evaluation_frequency(tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path, max_steps=40, eval_every=0)  # trials alone would evaluate only at the end
+    study_dir = tmp_path / "study"
+    argv = ["sweep", "--config", str(config), "--trials", "1", "--steps", "8", "--space", WIDE_LR]
+    assert nima([*argv, "--study_dir", str(study_dir), "--pruner", "none", "--seed", "0"]) == 0
+    assert "trials evaluate every 2 steps" in capsys.readouterr().out
+    assert sorted(load(study_dir).trials[0].intermediate_values) == [2, 4, 6, 8]
+    best = yaml.safe_load((study_dir / "best_config.yaml").read_text(encoding="utf-8"))
+    assert best["training"]["eval_every"] == 0 and best["training"]["max_steps"] == 40
