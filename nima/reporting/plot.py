@@ -60,7 +60,7 @@ def plot_runs(
 ) -> Path:
     """Draw the runs' curves into ``output`` (a PNG, written atomically); returns its path.
 
-    Four panels: loss (training solid, validation dashed with dots), learning rate, throughput
+    Four panels: loss (training solid, validation dashed with squares), learning rate, throughput
     (tokens/s) and gradient norm, against ``x``: ``step``, ``tokens`` (training tokens seen) or
     ``time`` (seconds of ``train()``, continued across resumes). Several runs are overlaid, one
     colour each, named by their folder. ConfigError when matplotlib is missing or no run has
@@ -144,7 +144,8 @@ def _draw_curves(
                 ys,
                 color=color,
                 linestyle="--" if validation else "-",
-                marker="o" if validation or len(xs) == 1 else None,
+                # validation points are squares: a run of a few steps is a dot of each, apart
+                marker="s" if validation else ("o" if len(xs) == 1 else None),
                 markersize=4,
                 linewidth=1.6 if validation else 1.2,
                 label=label,
