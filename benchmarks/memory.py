@@ -14,11 +14,12 @@ grows with the context (linear: doubling the context doubles it).
     python benchmarks/memory.py --models base --batches 1 2 4 8 --contexts 256 1024
     python benchmarks/memory.py --quick                  # seconds: a tiny model, one size
     python benchmarks/memory.py --models base --batches 32 --checkpointing off --precisions bf16 --heap whole
+    python benchmarks/memory.py --models base --batches 4 --contexts 1024 --precisions bf16 --compile
 
 ``--heap``: what a CPU step keeps of the memory it frees (``nima/runtime/heap.py``): ``small``
 (blocks under 32 MiB; what the plan counts), ``whole`` (every block: what a run does where its
 plan fits twice over), ``glibc`` (glibc's own settings). Each row also gives seconds and page
-faults per step over the steps after the first two.
+faults per step over the steps after the first two (with ``--compile``, after the compilation).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from nima.distributed import DistributedContext
     from nima.models import LOSS_CHUNK_ROWS, ModelConfig, create_model
     from nima.runtime import Runtime
+    from nima.runtime.compilation import compile_model
     from nima.runtime.heap import keep_freed_memory
     from nima.runtime.memory import estimate_training_memory, measure_peak
     from nima.runtime.precision import PrecisionChoice
@@ -78,7 +80,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         model = create_model(config).to(device).train()
         optimizer = get_optimizer(model, "adamw", learning_rate=1e-4)
         scheduler = get_scheduler(optimizer, "constant", num_training_steps=spec["steps"])
-        step = TrainStep(model, optimizer, scheduler, runtime, 1.0, list(model.parameters()))
+        to_run = compile_model(model, device) if spec.get("compile") else model  # compiled at step 0
+        step = TrainStep(to_run, optimizer, scheduler, runtime, 1.0, list(model.parameters()))
         for i in range(spec["steps"]):
             if i == 2:
                 warm[:] = [time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         help="what a CPU step keeps of the memory it frees: blocks under 32 MiB (what the plan "
         "counts), every block (where the plan leaves room), or glibc's defaults",
     )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (training.compile)")
     parser.add_argument("--quick", action="store_true", help="one tiny configuration (a smoke test)")
     args = parser.parse_args(argv)
     if args.child:
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     for context in args.contexts:
                         spec = {"model": model, "batch": batch, "context": context, "precision": precision,
                                 "gc": gc == "on", "device": args.device, "threads": args.threads,
-                                "steps": args.steps, "heap": args.heap}  # fmt: skip
+                                "steps": args.steps, "heap": args.heap, "compile": args.compile}  # fmt: skip
                         row = run_child(spec)
                         print(json.dumps(row), flush=True)
                         rows.append(row)
