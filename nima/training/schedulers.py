@@ -96,8 +96,9 @@ def get_scheduler(
 def follow_changed_schedule(scheduler: Any, checkpoint: str | Path) -> str | None:
     """After resuming from ``checkpoint``: where the schedule rebuilt from this run's config gives
     another learning rate at the checkpoint's step than its run was at (``max_steps``,
-    ``warmup_steps`` or the schedule type changed; raising ``max_steps`` stretches a cosine and
-    raises the rate again), move the optimizer to the new schedule now and return a note saying so."""
+    ``warmup_steps``, ``min_lr`` or the schedule type changed; raising ``max_steps`` stretches a
+    cosine and raises the rate again), move the optimizer to the new schedule now and return a
+    note saying so."""
     factors = getattr(scheduler, "lr_lambdas", None)
     if not factors or len(factors) != len(scheduler.base_lrs):
         return None
@@ -110,6 +111,7 @@ def follow_changed_schedule(scheduler: Any, checkpoint: str | Path) -> str | Non
     scheduler._last_lr = now  # what get_last_lr() reports (torch keeps it under this name)
     return (
         f"note: the learning-rate schedule is not the one {checkpoint} was trained with "
-        f"(training.max_steps, warmup_steps or lr_scheduler_type changed): at step {step} its run was "
-        f"at {was[0]:.2e}, the new schedule is at {now[0]:.2e}, and training follows the new schedule"
+        "(training.max_steps, warmup_steps, min_lr or lr_scheduler_type changed): "
+        f"at step {step} its run was at {was[0]:.2e}, the new schedule is at {now[0]:.2e}, "
+        "and training follows the new schedule"
     )
