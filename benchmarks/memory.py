@@ -80,7 +80,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         model = create_model(config).to(device).train()
         optimizer = get_optimizer(model, "adamw", learning_rate=1e-4)
         scheduler = get_scheduler(optimizer, "constant", num_training_steps=spec["steps"])
-        to_run = compile_model(model, device) if spec.get("compile") else model  # compiled at step 0
+        to_run = compile_model(model, device) if spec["compile"] else model  # compiled at step 0
         step = TrainStep(to_run, optimizer, scheduler, runtime, 1.0, list(model.parameters()))
         for i in range(spec["steps"]):
             if i == 2:

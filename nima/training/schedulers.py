@@ -99,8 +99,8 @@ def follow_changed_schedule(scheduler: Any, checkpoint: str | Path) -> str | Non
     ``warmup_steps``, ``min_lr`` or the schedule type changed; raising ``max_steps`` stretches a
     cosine and raises the rate again), move the optimizer to the new schedule now and return a
     note saying so."""
-    factors = getattr(scheduler, "lr_lambdas", None)
-    if not factors or len(factors) != len(scheduler.base_lrs):
+    factors = getattr(scheduler, "lr_lambdas", None)  # a LambdaLR: one factor per parameter group
+    if not factors:
         return None
     step, was = scheduler.last_epoch, scheduler.get_last_lr()
     now = [base * factor(step) for base, factor in zip(scheduler.base_lrs, factors, strict=True)]
