@@ -59,8 +59,14 @@ def test_batched_fetch_gives_the_windows_one_by_one(training: bool) -> None:
     fetched = ds.__getitems__(indices)
     assert [w.tolist() for w in fetched] == [ds[i].tolist() for i in indices]
     assert all(w.dtype == torch.long for w in fetched)
-    with pytest.raises(IndexError, match="out of range"):
-        ds.__getitems__([0, len(ds)])
+    for outside in (len(ds), len(ds) + 1, -len(ds) - 1):
+        with pytest.raises(IndexError, match="out of range"):
+            ds.__getitems__([0, outside])
+    # Full windows come stacked already; the collator's batch is the one it would stack itself.
+    full = ds.__getitems__([3, 0, 5])
+    assert full.stacked.shape == (3, 9)
+    from_stack, from_list = DataCollator()(full), DataCollator()(list(full))
+    assert all(torch.equal(from_stack[k], from_list[k]) and from_stack[k].is_contiguous() for k in from_list)
 
 
 def test_validation_windows_cover_every_token() -> None:

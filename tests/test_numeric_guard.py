@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,44 @@ def test_fp16_loss_scaler_overflows_are_logged_as_skipped_not_as_failures(tmp_pa
     logged = [r for r in records(tmp_path) if "loss" in r]
     assert logged[0]["skipped_steps"] >= 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in logged)
     assert trainer.train_step.scaler.get_scale() < 2.0**80
+
+
+def test_the_guard_counts_steps_in_batches_as_it_would_one_by_one() -> None:
+    # The meter hands the guard its steps' flags in batches (see Meter.record); the counts, the
+    # first bad step and the runs in a row (carried across batches and reads) are those of a
+    # step-by-step count, for random patterns cut into random batches.
+    from nima.training.guard import NonfiniteGuard
+
+    rng = random.Random(0)
+    for _ in range(200):
+        flags = [rng.random() < rng.choice((0.1, 0.5, 0.9)) for _ in range(rng.randint(1, 40))]
+        guard, step, expected = NonfiniteGuard(torch.device("cpu")), 1, ReadByHand()
+        while step <= len(flags):
+            size = rng.randint(1, 8)
+            batch = flags[step - 1 : step - 1 + size]
+            guard.record(torch.tensor(batch), first_step=step)
+            expected.count(batch, step)
+            step += len(batch)
+            if rng.random() < 0.4 or step > len(flags):
+                got = guard.read()
+                assert (got.nonfinite_steps, got.first_nonfinite_step, got.longest_run) == expected.read()
+
+
+class ReadByHand:
+    """The guard's figures counted one step at a time, in Python."""
+
+    def __init__(self) -> None:
+        self.bad, self.first, self.in_a_row, self.longest = 0, None, 0, 0
+
+    def count(self, flags: list[bool], first_step: int) -> None:
+        for offset, flag in enumerate(flags):
+            self.bad += flag
+            if flag and self.first is None:
+                self.first = first_step + offset
+            self.in_a_row = self.in_a_row + 1 if flag else 0
+            self.longest = max(self.longest, self.in_a_row)
+
+    def read(self) -> tuple[int, int | None, int]:
+        figures = (self.bad, self.first, self.longest)
+        self.bad, self.first, self.longest = 0, None, self.in_a_row
+        return figures

@@ -30,6 +30,9 @@ class DataCollator:
         self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
 
     def __call__(self, windows: Sequence[torch.Tensor | dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        stacked = getattr(windows, "stacked", None)  # equal windows, already stacked (StackedWindows)
+        if stacked is not None:
+            return {"input_ids": stacked[:, :-1].contiguous(), "labels": stacked[:, 1:].contiguous()}
         if windows and isinstance(windows[0], dict):
             return self._stack_dicts(windows)  # type: ignore[arg-type]
         sequences = [torch.as_tensor(w, dtype=torch.long) for w in windows]

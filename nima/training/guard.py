@@ -59,14 +59,20 @@ class NonfiniteGuard:
         """The step's flag (a device bool)."""
         return ~torch.isfinite(grad_norm)
 
-    def record(self, nonfinite: torch.Tensor, step: int) -> None:
-        """Count step ``step``'s flag; a handful of scalar kernels, no host sync."""
-        bad = nonfinite.to(torch.int64)
-        self._count += bad
-        self._in_a_row.add_(bad).mul_(bad)  # one more in a row, or back to 0
-        torch.maximum(self._longest, self._in_a_row, out=self._longest)
-        first_unset = self._first < 0
-        self._first.copy_(torch.where(first_unset & nonfinite, step, self._first))
+    def record(self, flags: torch.Tensor, first_step: int) -> None:
+        """Count the flags (a device bool vector) of consecutive steps from ``first_step`` on: a
+        handful of kernels for all of them together, no host sync."""
+        bad = flags.to(torch.int64)
+        self._count += bad.sum()
+        # The run of non-finite steps ending at each step: its distance from the last finite
+        # step before it (or, when none in this batch, one more than the run carried in).
+        index = torch.arange(len(flags), device=flags.device)
+        last_finite = torch.cummax(torch.where(flags, -1, index), dim=0).values
+        run = torch.where(last_finite >= 0, index - last_finite, index + 1 + self._in_a_row)
+        torch.maximum(self._longest, run.max(), out=self._longest)
+        self._in_a_row.copy_(run[-1])
+        unset_and_bad = (self._first < 0) & flags.any()
+        self._first.copy_(torch.where(unset_and_bad, bad.argmax() + first_step, self._first))
 
     def record_overflow(self) -> None:
         """fp16: the loss scaler skipped this step (already known on the host)."""

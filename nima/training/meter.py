@@ -1,7 +1,8 @@
 """The meter: throughput, MFU, the loss between logging steps, time spent outside training steps,
 and the numeric checks (the loss is finite; non-finite steps counted by the guard).
 
-Losses stay on the device as a running sum and are read once per logging step (one host sync).
+Losses stay on the device: each step's is kept as it is, summed with the others' when a logging
+step reads them (one host sync), so that a step costs no work of its own on the device.
 Time spent evaluating and saving is *overhead*: it is left out of tokens/s, so that the figure
 measures training steps alone; ``wall_s`` keeps the whole.
 """
@@ -72,6 +73,11 @@ class StepReport:
         return out
 
 
+FOLD_EVERY = 64
+"""Steps whose figures the meter keeps before summing them on the device (when no logging step
+reads them sooner): a bound on what it holds for runs that log rarely."""
+
+
 def _running(total: torch.Tensor | None, value: torch.Tensor, op: Callable) -> torch.Tensor:
     return value if total is None else op(total, value)
 
@@ -112,23 +118,41 @@ class Meter:
         self.last_loss: float | None = None
         self._grad_norm: torch.Tensor | None = None
         self.guard = NonfiniteGuard(self.device or torch.device("cpu"))
+        self._pending: list[StepOutput] = []  # recorded steps not yet summed (see record)
+        self._pending_first_step = 0
         self.skipped_steps = 0  # in this train() call
         self._skipped_unreported = 0
 
     def record(self, output: StepOutput, tokens: int, step: int) -> None:
         """Optimizer step number ``step``: its loss, gradient norm and nan/inf flag (device
-        tensors), and its tokens; no host sync. A skipped step's loss is left out of the mean."""
+        tensors), and its tokens. Nothing runs on the device here: the steps' figures are kept
+        and summed together when they are read (or every ``FOLD_EVERY`` steps)."""
         interval = self.interval
-        applied = torch.where(output.nonfinite, torch.zeros_like(output.loss), output.loss)
-        interval.loss_sum = _running(interval.loss_sum, applied, torch.add)
-        interval.nonfinite = _running(interval.nonfinite, output.nonfinite.to(torch.int64), torch.add)
+        if not self._pending:
+            self._pending_first_step = step
+        self._pending.append(output)
         interval.steps += 1
         interval.tokens += tokens
         self.tokens += tokens
         self._grad_norm = output.grad_norm
-        self.guard.record(output.nonfinite, step)
         if output.overflow:
             self.guard.record_overflow()
+        if len(self._pending) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Add the kept steps to the interval's loss sum and non-finite count, and to the guard
+        (a few kernels for all of them; a skipped step's loss is left out of the mean)."""
+        if not self._pending:
+            return
+        outputs, self._pending = self._pending, []
+        losses = torch.stack([output.loss.float() for output in outputs])
+        flags = torch.stack([output.nonfinite for output in outputs])
+        interval = self.interval
+        applied = torch.where(flags, torch.zeros_like(losses), losses).sum()
+        interval.loss_sum = _running(interval.loss_sum, applied, torch.add)
+        interval.nonfinite = _running(interval.nonfinite, flags.sum(), torch.add)
+        self.guard.record(flags, self._pending_first_step)
 
     @contextlib.contextmanager
     def overhead(self) -> Iterator[None]:
@@ -163,6 +187,7 @@ class Meter:
         return report
 
     def _mean_loss(self) -> float | None:
+        self._fold()
         interval = self.interval
         if interval.loss_sum is None:
             return None
@@ -177,6 +202,7 @@ class Meter:
         """Whether the loss of the steps applied since the last check is finite on every process
         (a collective under torchrun: every process calls it at the same step), and what the
         guard counted (the skipped steps, whose loss is left out)."""
+        self._fold()
         loss_sum = self.interval.loss_sum
         diverged = loss_sum is not None and not math.isfinite(float(loss_sum))
         if distributed:
