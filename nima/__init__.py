@@ -10,8 +10,10 @@ is refused with one line that says how to upgrade.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from importlib import metadata
 
 from nima.errors import NimaError
 
@@ -33,9 +35,7 @@ def check_torch_version(version: str | None = None) -> None:
     if version is None and "torch" in sys.modules:
         version = str(sys.modules["torch"].__version__)
     elif version is None:  # the installed distribution's version, without importing torch (light
-        from importlib import metadata  # commands such as nima prepare never load it)
-
-        try:
+        try:  # commands such as nima prepare never load it)
             version = metadata.version("torch")
         except metadata.PackageNotFoundError:
             return  # importing torch will say it is missing
@@ -60,8 +60,6 @@ def _one_line_for_torch_version(previous):  # type: ignore[no-untyped-def]
             return previous(kind, value, traceback)
         sys.stdout.flush()
         print(f"error: {value}", file=sys.stderr, flush=True)
-        import os
-
         os._exit(2)  # the status of every other user mistake (an excepthook cannot choose it otherwise)
 
     return hook

@@ -48,7 +48,7 @@ def data_mismatch(saved: dict[str, Any] | None, current: dict[str, Any] | None) 
     """How the prepared data a checkpoint trained on differs from the data there now, or None.
 
     ``saved`` is the checkpoint's ``data`` entry, ``current`` the run's data identity (both with
-    ``train_tokens``, ``val_tokens`` and ``sha256``; see :func:`nima.training.setup.data_identity`).
+    ``train_tokens``, ``val_tokens`` and ``sha256``; see :func:`nima.checkpoint.metadata.data_identity`).
     Checkpoints written before the record existed, and data without a ``meta.json``, are not
     compared.
     """

@@ -23,6 +23,7 @@ import torch
 
 from nima.errors import CheckpointError
 from nima.files import atomic_write
+from nima.models import ModelConfig, create_model
 from nima.runtime.wrapping import unwrap_model
 
 FORMAT = "nima-checkpoint-v1"
@@ -58,7 +59,7 @@ def make_checkpoint(
     optimizer, ...; plain values and tensors only) at the top level.
 
     ``data_identity`` (``train_tokens``, ``val_tokens``, ``sha256``: see
-    :func:`nima.training.setup.data_identity`) goes into ``data`` beside ``prepared_path``, so
+    :func:`nima.checkpoint.metadata.data_identity`) goes into ``data`` beside ``prepared_path``, so
     that resuming on data that changed since is refused (files written before it existed have
     none, and are not checked)."""
     return {
@@ -217,8 +218,6 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the GPT saved in a checkpoint: returns ``(model in eval mode on device, checkpoint dict)``."""
-    from nima.models import ModelConfig, create_model
-
     # Mapped: a training checkpoint's optimizer state (twice the weights) is never read.
     ckpt = load_checkpoint_file(path, map_location="cpu", mmap=True)
     if not isinstance(ckpt.get("model_config"), dict):

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nima.distributed import all_gather_tensors
+
 
 def capture_rng_state() -> dict[str, Any]:
     """The torch, CUDA, numpy and Python RNG states as tensors and primitives."""
@@ -65,8 +67,6 @@ def gather_rank_rng_states() -> list[dict[str, torch.Tensor | None]]:
     ranks and an exact resume needs each rank's own state back. A collective: every rank calls it.
     Single-process, it returns this process's state only.
     """
-    from nima.distributed import all_gather_tensors
-
     cpu = torch.get_rng_state()
     on_cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     cuda = torch.cuda.get_rng_state() if on_cuda else torch.empty(0, dtype=torch.uint8)

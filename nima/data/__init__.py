@@ -3,18 +3,34 @@
 - :mod:`~nima.data.sources`: known datasets (tiny Shakespeare), text files, folders, jsonl.
 - :mod:`~nima.data.tokenizer`: char, byte and byte-level BPE tokenizers (JSON on disk).
 - :mod:`~nima.data.preparation`: streaming preparation into ``train.bin`` / ``val.bin`` + ``meta.json``.
+- :mod:`~nima.data.corpus_passes`: its passes over the text: scan, train/val split, encoding.
 - :mod:`~nima.data.stream_encoders`: text stream -> token ids on all cores (used by preparation).
 - :mod:`~nima.data.fast_bpe`: optional ``tiktoken`` fast path for BPE, checked against ``tokenizers``.
 - :mod:`~nima.data.datasets`: ``TokenWindowDataset`` and the guide's ``prepare_dataset``.
 - :mod:`~nima.data.loader`: ``DataCollator``, ``ResumableSampler``, ``create_dataloader``.
 
-Names are imported on first use, so that ``nima prepare`` starts without importing PyTorch.
+The torch-free modules are imported here. ``TokenWindowDataset``, ``prepare_dataset`` and the
+loader names need PyTorch: they are imported on first use, so that ``nima prepare`` starts without
+importing it.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from nima.data.config import DataConfig
+from nima.data.preparation import PreparedData, default_data_dir, load_prepared, prepare, tokenizer_tag
+from nima.data.sources import KNOWN_DATASETS
+from nima.data.tokenizer import (
+    EOT_TEXT,
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    StreamDecoder,
+    Tokenizer,
+    load_tokenizer,
+)
 
 __all__ = [
     "BPETokenizer",
@@ -41,9 +57,8 @@ __all__ = [
     "tokenizer_tag",
 ]
 
-# Which module defines each public name (imported on first use).
-_MODULE_OF = {
-    **dict.fromkeys(["DataConfig"], "nima.data.config"),
+# The PyTorch-backed names and their modules, imported on first use (lazy: nima prepare needs no torch).
+_TORCH_MODULE_OF = {
     **dict.fromkeys(["TokenWindowDataset", "prepare_dataset"], "nima.data.datasets"),
     **dict.fromkeys(
         [
@@ -56,28 +71,11 @@ _MODULE_OF = {
         ],
         "nima.data.loader",
     ),
-    **dict.fromkeys(
-        ["PreparedData", "default_data_dir", "load_prepared", "prepare", "tokenizer_tag"],
-        "nima.data.preparation",
-    ),
-    **dict.fromkeys(["KNOWN_DATASETS"], "nima.data.sources"),
-    **dict.fromkeys(
-        [
-            "EOT_TEXT",
-            "BPETokenizer",
-            "ByteTokenizer",
-            "CharTokenizer",
-            "StreamDecoder",
-            "Tokenizer",
-            "load_tokenizer",
-        ],
-        "nima.data.tokenizer",
-    ),
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
+    module = _TORCH_MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'nima.data' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -89,8 +87,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:  # static analysers see the names directly
-    from nima.data.config import DataConfig  # noqa: F401
+if TYPE_CHECKING:  # static analysers see the lazy names directly
     from nima.data.datasets import TokenWindowDataset, prepare_dataset  # noqa: F401
     from nima.data.loader import (  # noqa: F401
         IGNORE_INDEX,
@@ -99,21 +96,4 @@ if TYPE_CHECKING:  # static analysers see the names directly
         ResumableSampler,
         create_dataloader,
         set_loader_epoch,
-    )
-    from nima.data.preparation import (  # noqa: F401
-        PreparedData,
-        default_data_dir,
-        load_prepared,
-        prepare,
-        tokenizer_tag,
-    )
-    from nima.data.sources import KNOWN_DATASETS  # noqa: F401
-    from nima.data.tokenizer import (  # noqa: F401
-        EOT_TEXT,
-        BPETokenizer,
-        ByteTokenizer,
-        CharTokenizer,
-        StreamDecoder,
-        Tokenizer,
-        load_tokenizer,
     )

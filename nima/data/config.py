@@ -9,12 +9,10 @@ from typing import Any
 from nima.config_fields import ConfigSection, check_types, suggest
 
 TOKENIZERS = ("char", "byte", "bpe")
-# Settings that used to be here too; each has one home now.
-MOVED = {"seed": "training.seed"}
 
 
 @dataclass
-class DataConfig(ConfigSection, section="data", moved=MOVED):
+class DataConfig(ConfigSection, section="data"):
     """Which text to train on and how to tokenize and load it (the data order is seeded by
     ``training.seed``)."""
 

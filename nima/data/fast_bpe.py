@@ -47,7 +47,7 @@ class FastBPEUnavailable(Exception):
 def tiktoken_installed() -> bool:
     """Whether the optional ``tiktoken`` package can be imported."""
     try:
-        import tiktoken  # noqa: F401
+        import tiktoken  # noqa: F401  (lazy: optional; a missing or broken one means the slow path)
     except ImportError:
         return False
     return True
@@ -63,7 +63,7 @@ class FastBPE:
 
     def __init__(self, tokenizer: Any):
         try:
-            import tiktoken
+            import tiktoken  # lazy: optional, preparation falls back to tokenizers without it
         except ImportError:
             raise FastBPEUnavailable("tiktoken is not installed") from None
         self._hf = tokenizer.hf_tokenizer

@@ -24,47 +24,50 @@ How it works, and why:
   place at the end; a failure removes the temporary folder and leaves any existing result intact.
 - Reuse: a folder whose ``meta.json`` records the same settings and the same source (size and
   mtime, else sha256) is returned as is.
+
+The passes over the text (scan, split, tokenizer training, encoding into token files) live in
+:mod:`nima.data.corpus_passes`; this module runs them and owns the result folder.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import itertools
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nima.data.chunking import iter_pieces
+from nima.data.corpus_passes import encode_pass, make_tokenizer, scan_source, split_documents
 from nima.data.fast_bpe import FastBPE, FastBPEUnavailable, tiktoken_installed
 from nima.data.sources import TextSource, resolve_source
-from nima.data.stream_encoders import (
-    FastPathMismatch,
-    HFBPEStreamEncoder,
-    StreamEncoder,
-    encode_in_order,
-    make_stream_encoder,
-)
-from nima.data.tokenizer import (
-    BYTE_LEVEL,
-    BPETokenizer,
-    ByteTokenizer,
-    CharTokenizer,
-    Tokenizer,
-    check_bpe_vocab_size,
-    load_tokenizer,
-)
+from nima.data.stream_encoders import FastPathMismatch, HFBPEStreamEncoder, make_stream_encoder
+from nima.data.tokenizer import BYTE_LEVEL, BPETokenizer, Tokenizer, check_bpe_vocab_size, load_tokenizer
 from nima.errors import DataError
 from nima.files import atomic_write_json, make_public
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "DEFAULT_DATA_DIR",
+    "FAST_BPE_MIN_CHARS",
+    "PREPARED_FORMAT",
+    "TOKENIZER_KINDS",
+    "PreparedData",
+    "default_data_dir",
+    "given_tokenizer",
+    "load_prepared",
+    "open_tokens",
+    "prepare",
+    "split_documents",
+    "token_dtype",
+    "tokenizer_tag",
+]
 
 PREPARED_FORMAT = "nima-prepared-v1"
 TOKENIZER_KINDS = ("char", "byte", "bpe")
@@ -340,14 +343,6 @@ def _install(tmp: Path, out: Path) -> None:
 # ---------------------------------------------------------------------------------------- build
 
 
-@dataclass
-class _Scan:
-    chars: int
-    documents: int
-    sha256: str
-    alphabet: list[str] | None
-
-
 def _build(
     folder: Path, source: TextSource, settings: dict[str, Any], quiet: bool, given: Tokenizer | None = None
 ) -> dict[str, Any]:
@@ -356,7 +351,7 @@ def _build(
 
     # Wall and CPU time (all threads) per phase: on a shared machine CPU time shows the work done.
     start, cpu = time.perf_counter(), time.process_time()
-    scan = _scan(source, want_alphabet=(kind == "char"), quiet=quiet)
+    scan = scan_source(source, want_alphabet=(kind == "char"), quiet=quiet)
     timings["scan_s"], timings["scan_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
     if scan.chars == 0:
         raise DataError(f"--dataset {source.location} contains no text")
@@ -369,7 +364,7 @@ def _build(
     window = max(1, (scan.chars - train_chars) // 2)
 
     start, cpu = time.perf_counter(), time.process_time()
-    tokenizer = given or _make_tokenizer(source, settings, scan, train_chars, window, quiet)
+    tokenizer = given or make_tokenizer(source, settings, scan, train_chars, window, quiet)
     timings["tokenizer_s"], timings["tokenizer_cpu_s"] = (
         time.perf_counter() - start,
         time.process_time() - cpu,
@@ -419,164 +414,6 @@ def _build(
     return meta
 
 
-class _MemoryTrimmer:
-    """Hands freed heap memory back to the OS every ``every`` blocks (glibc only).
-
-    glibc raises its mmap threshold whenever a large buffer is freed, so the 1-4 MB block buffers
-    soon come from the heap, which fragments and keeps growing with the corpus (measured: peak RSS
-    102 MB at 50 MB of text, 130 MB at 200 MB). ``malloc_trim`` keeps the peak flat without
-    changing allocator settings for the rest of the process (e.g. a training run).
-    """
-
-    def __init__(self, every: int = 32):
-        self._every = every
-        self._count = 0
-        self._trim = None
-        if sys.platform.startswith("linux"):
-            try:
-                self._trim = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):
-                pass
-
-    def tick(self) -> None:
-        self._count += 1
-        if self._trim is not None and self._count % self._every == 0:
-            self._trim(0)
-
-
-def _progress(total: int, description: str, quiet: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc=description,
-        unit="char",
-        unit_scale=True,
-        disable=quiet,
-        leave=False,
-        dynamic_ncols=True,
-    )
-
-
-def _scan(source: TextSource, want_alphabet: bool, quiet: bool) -> _Scan:
-    """First pass: character count, sha256 and (for char) the alphabet, without holding the text."""
-    hasher = hashlib.sha256()
-    chars = documents = 0
-    seen: set[str] = set()
-    seen_ascii = b""  # the ASCII characters seen so far, as bytes (for bytes.translate)
-    trimmer = _MemoryTrimmer()
-    with _progress(source.total_bytes(), "scan", quiet) as bar:
-        for document in source.documents(hasher):
-            documents += 1
-            for block in document:
-                trimmer.tick()
-                chars += len(block)
-                bar.update(len(block))  # characters against a total in bytes: close enough for a bar
-                if not want_alphabet:
-                    continue
-                # Deleting the known ASCII bytes from the UTF-8 leaves the new ASCII characters and
-                # the (usually few) non-ASCII ones, still valid UTF-8: C speed, no per-char work.
-                rest = block.encode("utf-8", errors="surrogatepass").translate(None, seen_ascii)
-                if rest:
-                    seen.update(rest.decode("utf-8", errors="surrogatepass"))
-                    seen_ascii = "".join(sorted(c for c in seen if c.isascii())).encode("ascii")
-    alphabet = sorted(seen) if want_alphabet else None
-    sha = source.known_sha256 or hasher.hexdigest()
-    return _Scan(chars=chars, documents=documents, sha256=sha, alphabet=alphabet)
-
-
-def _make_tokenizer(
-    source: TextSource, settings: dict[str, Any], scan: _Scan, train_chars: int, window: int, quiet: bool
-) -> Tokenizer:
-    kind = settings["tokenizer"]
-    if kind == "char":
-        # The alphabet of the whole corpus, so that val never has an unknown character.
-        return CharTokenizer(scan.alphabet or [], with_eot=source.multi_document)
-    if kind == "byte":
-        return ByteTokenizer(with_eot=True)
-
-    def training_text() -> Iterator[str]:
-        for side, blocks in split_documents(source.documents(), train_chars, window):
-            if side != "train":
-                return
-            yield from iter_pieces(blocks, piece_chars=1 << 16)
-
-    if not quiet:
-        print(
-            f"training BPE ({settings['vocab_size']} ids) on {train_chars:,} characters...", file=sys.stderr
-        )
-    return BPETokenizer.train(training_text(), settings["vocab_size"])
-
-
-def split_documents(
-    documents: Iterable[Iterable[str]], train_chars: int, window: int
-) -> Iterator[tuple[str, Iterator[str]]]:
-    """Yield ``(side, blocks)`` per document part: the first ``train_chars`` characters are train.
-
-    The cut moves forward to just after the next line break if one is within ``window`` characters
-    (in the same block); the document that holds the cut gives one train part and one val part.
-    Consume each part before asking for the next.
-    """
-    remaining = train_chars
-    for document in documents:
-        blocks = iter(document)
-        if remaining <= 0:
-            yield "val", blocks
-            continue
-        leftover: list[str] = []
-
-        def train_part(blocks: Iterator[str] = blocks, leftover: list[str] = leftover) -> Iterator[str]:
-            nonlocal remaining
-            for block in blocks:
-                if len(block) < remaining:
-                    remaining -= len(block)
-                    yield block
-                    continue
-                newline = block.find("\n", remaining - 1, remaining - 1 + window)
-                cut = newline + 1 if newline >= 0 else remaining
-                remaining = 0
-                if cut:
-                    yield block[:cut]
-                if cut < len(block):
-                    leftover.append(block[cut:])
-                return
-
-        yield "train", train_part()
-        if leftover:
-            yield "val", itertools.chain(leftover, blocks)
-
-
-class _TokenFile:
-    """Appends token ids to a flat binary file, counting them."""
-
-    def __init__(self, path: Path, dtype: np.dtype, eot: int | None):
-        self._file = open(path, "wb")
-        self.dtype = dtype
-        self.tokens = 0
-        self.chars = 0
-        self.parts = 0
-        self._eot = eot
-        self._needs_separator = False
-
-    def start_document(self) -> None:
-        # The separator is written lazily, so empty documents never leave two in a row.
-        self._needs_separator = self.tokens > 0 and self._eot is not None
-
-    def write(self, ids: np.ndarray, chars: int) -> None:
-        if len(ids) == 0:
-            return
-        if self._needs_separator:
-            np.array([self._eot], dtype=self.dtype).tofile(self._file)
-            self.tokens += 1
-            self._needs_separator = False
-        np.asarray(ids).astype(self.dtype, copy=False).tofile(self._file)
-        self.tokens += len(ids)
-        self.chars += chars
-
-    def close(self) -> None:
-        self._file.close()
-
-
 def _encode_to_files(
     folder: Path,
     source: TextSource,
@@ -589,13 +426,13 @@ def _encode_to_files(
 ) -> dict[str, Any]:
     encoder = make_stream_encoder(tokenizer, fast_bpe=_fast_bpe(tokenizer, total_chars, quiet))
     try:
-        counts = _encode_pass(
+        counts = encode_pass(
             folder, source, encoder, dtype, tokenizer.eos_token_id, train_chars, window, total_chars, quiet
         )
     except FastPathMismatch as err:
         print(f"note: {err}; encoding again with tokenizers (slower)", file=sys.stderr)
         encoder = HFBPEStreamEncoder(tokenizer)
-        counts = _encode_pass(
+        counts = encode_pass(
             folder, source, encoder, dtype, tokenizer.eos_token_id, train_chars, window, total_chars, quiet
         )
         counts["encoder"] = "tokenizers (tiktoken disagreed on this corpus)"
@@ -625,47 +462,3 @@ def _fast_bpe(tokenizer: Tokenizer, total_chars: int, quiet: bool) -> FastBPE | 
     except FastBPEUnavailable as err:
         print(f"note: fast BPE encoding (tiktoken) not used: {err}; using tokenizers", file=sys.stderr)
         return None
-
-
-def _encode_pass(
-    folder: Path,
-    source: TextSource,
-    encoder: StreamEncoder,
-    dtype: np.dtype,
-    eot: int | None,
-    train_chars: int,
-    window: int,
-    total_chars: int,
-    quiet: bool,
-) -> dict[str, Any]:
-    """Encode every document part into ``train.bin`` / ``val.bin`` (overwriting them)."""
-
-    def units() -> Iterator[tuple[str, str | None]]:
-        for side, blocks in split_documents(source.documents(), train_chars, window):
-            yield side, None  # a document (part) starts
-            for unit in encoder.cut(blocks):
-                yield side, unit
-
-    files = {side: _TokenFile(folder / f"{side}.bin", dtype, eot) for side in ("train", "val")}
-    trimmer = _MemoryTrimmer()
-    try:
-        with _progress(total_chars, "encode", quiet) as bar:
-            for side, text, ids in encode_in_order(encoder, units()):
-                out = files[side]
-                if text is None:
-                    out.start_document()
-                    continue
-                out.write(ids, len(text))
-                bar.update(len(text))
-                trimmer.tick()
-    finally:
-        encoder.close()
-        for f in files.values():
-            f.close()
-    return {
-        "train": files["train"].tokens,
-        "val": files["val"].tokens,
-        "train_chars": files["train"].chars,
-        "val_chars": files["val"].chars,
-        "encoder": encoder.description,
-    }

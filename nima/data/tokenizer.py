@@ -22,7 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
 from nima.errors import DataError
+from nima.files import atomic_write_text
 
 EOT_TEXT = "<|endoftext|>"
 """The end-of-text special token that separates documents (GPT-2's spelling)."""
@@ -108,8 +112,6 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON to ``path`` atomically; returns the path."""
-        from nima.files import atomic_write_text
-
         return atomic_write_text(Path(path), self.to_json())
 
     def identity(self) -> dict[str, Any]:
@@ -204,7 +206,7 @@ def _byte_table(with_eot: bool) -> list[bytes]:
 
 
 @lru_cache(maxsize=1)
-def _byte_level_alphabet() -> dict[str, int]:
+def byte_level_alphabet() -> dict[str, int]:
     """Byte-level BPE's printable stand-in character for each byte (GPT-2's mapping), reversed."""
     printable = (
         list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
@@ -271,9 +273,6 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
         """Learn a byte-level BPE vocabulary of (at most) ``vocab_size`` ids from ``texts``."""
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
         check_bpe_vocab_size(vocab_size)
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -326,8 +325,6 @@ class BPETokenizer(Tokenizer):
         start of a document; this copy leaves it out. Byte-level BPE adds nothing: itself."""
         if self.style != SENTENCEPIECE:
             return self._hf
-        from tokenizers import Tokenizer as HFTokenizer
-
         spec = json.loads(self._hf.to_str())
         normalizer = spec.get("normalizer") or {}
         if normalizer.get("type") == "Prepend":
@@ -351,7 +348,7 @@ class BPETokenizer(Tokenizer):
 
 def _byte_level_piece_bytes() -> Callable[[str], bytes]:
     # Each stand-in character -> its byte, as a str.translate table: then latin-1 gives the bytes.
-    to_bytes = {ord(ch): b for ch, b in _byte_level_alphabet().items()}
+    to_bytes = {ord(ch): b for ch, b in byte_level_alphabet().items()}
     return lambda piece: piece.translate(to_bytes).encode("latin-1")
 
 
@@ -386,8 +383,6 @@ def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer") -> Toke
     if kind == "byte":
         return ByteTokenizer(with_eot=bool(data.get("eot", True)))
     if kind == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
-
         hf = HFTokenizer.from_str(json.dumps(data["hf_tokenizer"]))
         return BPETokenizer(hf, eos_token=data.get("eos_token", EOT_TEXT))
     raise DataError(f"{source}: unknown tokenizer kind {kind!r}; expected char, byte or bpe")

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+from nima.distributed.fsdp import shard_model
 from nima.errors import ConfigError
 
 
@@ -152,11 +154,7 @@ def wrap_model(
     if not ctx.enabled:
         return model
     if strategy == "fsdp":
-        from nima.distributed.fsdp import shard_model
-
         return shard_model(model, device, param_dtype)
-    from torch.nn.parallel import DistributedDataParallel
-
     device_ids = (
         [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
     )

@@ -9,17 +9,19 @@ written by an FSDP run resumes under DDP or on one process, and the other way ro
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from nima.errors import ConfigError
 
 
 def _fully_shard():
     try:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # lazy: 0.6 s to import, FSDP runs only
     except ImportError:  # pragma: no cover - torch < 2.6
         raise ConfigError(
             f"training.distributed_strategy=fsdp needs torch >= 2.6 (FSDP2), found {torch.__version__}"
@@ -38,8 +40,6 @@ def shard_model(
     the gathered block, while gradients are reduced and the sharded weights and optimizer state
     kept in fp32 (FSDP2's ``MixedPrecisionPolicy``).
     """
-    from torch.distributed.device_mesh import init_device_mesh
-
     fully_shard = _fully_shard()
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
@@ -47,7 +47,7 @@ def shard_model(
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     options: dict[str, Any] = {"mesh": mesh}
     if param_dtype is not None:
-        from torch.distributed.fsdp import MixedPrecisionPolicy
+        from torch.distributed.fsdp import MixedPrecisionPolicy  # lazy: 0.6 s, FSDP runs only
 
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in getattr(model, "blocks", ()):
@@ -58,8 +58,10 @@ def shard_model(
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """True when ``model`` was wrapped by :func:`shard_model` (FSDP2)."""
+    if "torch.distributed.fsdp" not in sys.modules:
+        return False  # nothing can be sharded before FSDP is imported (which takes 0.6 s)
     try:
-        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.fsdp import FSDPModule  # lazy: 0.6 s to import, FSDP runs only
     except ImportError:  # pragma: no cover - torch < 2.6
         return False
     return isinstance(model, FSDPModule)
@@ -78,7 +80,7 @@ def full_state_dicts(
 
     A collective: every rank calls it; the returned dicts are complete on rank 0 only.
     """
-    from torch.distributed.checkpoint.state_dict import (
+    from torch.distributed.checkpoint.state_dict import (  # lazy: 0.6 s to import, FSDP runs only
         StateDictOptions,
         get_model_state_dict,
         get_optimizer_state_dict,
@@ -100,6 +102,7 @@ def full_state_dicts(
 
 def load_full_model_state(model: torch.nn.Module, model_state: dict[str, torch.Tensor]) -> None:
     """Load a full (unsharded) state dict into a sharded model; every rank calls it."""
+    # lazy: 0.6 s to import, FSDP runs only
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
@@ -109,6 +112,7 @@ def load_full_optimizer_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, optimizer_state: dict[str, Any]
 ) -> None:
     """Load an index-keyed optimizer state dict (as saved) into a sharded model's optimizer."""
+    # lazy: 0.6 s to import, FSDP runs only
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = _parameter_names(model, optimizer)

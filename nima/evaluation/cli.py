@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from nima.cli import CommandParser
+from nima.data import load_prepared
 from nima.errors import DataError
 from nima.evaluation.evaluate import evaluate_tokens
 from nima.inference.loading import LoadedModel, add_loading_options, load_for_inference, set_threads
@@ -90,8 +91,6 @@ def _prepared_folder(loaded: LoadedModel, explicit: Path | None) -> Path:
 
 
 def _split_tokens(folder: Path, split: str, loaded: LoadedModel) -> np.ndarray:
-    from nima.data import load_prepared
-
     prepared = load_prepared(folder)
     if prepared.tokenizer.identity()["sha256"] != loaded.tokenizer.identity()["sha256"]:
         raise DataError(

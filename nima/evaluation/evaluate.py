@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -70,8 +71,6 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     """Sum per-rank totals over all processes when running distributed (no-op otherwise)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)

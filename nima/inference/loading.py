@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from nima.checkpoint import load_model_from_checkpoint
+from nima.data import default_data_dir, load_tokenizer
 from nima.errors import CheckpointError, ConfigError, DataError
 from nima.runtime.device import resolve_device
 
@@ -102,8 +104,6 @@ def tokenizer_matches(tokenizer: Any, identity: dict[str, Any] | None) -> bool:
 def _data_dir(data_dir: str | Path | None) -> Path:
     if data_dir is not None:
         return Path(data_dir)
-    from nima.data import default_data_dir
-
     return default_data_dir()
 
 
@@ -133,8 +133,6 @@ def resolve_tokenizer(
     ``info`` is the checkpoint dict (weights may be absent). Raises CheckpointError when an explicit
     ``tokenizer`` does not match the checkpoint, or when no matching tokenizer can be found.
     """
-    from nima.data import load_tokenizer
-
     checkpoint_path = Path(checkpoint_path)
     identity = info.get("tokenizer") or None
     if tokenizer is not None:
@@ -184,8 +182,6 @@ def load_for_inference(
 ) -> LoadedModel:
     """Load the model of ``checkpoint`` on ``device`` with its tokenizer (found as described in this
     module's docstring, or ``tokenizer``), refusing a tokenizer that does not match."""
-    from nima.checkpoint import load_model_from_checkpoint
-
     device = device if isinstance(device, torch.device) else pick_device(device)
     checkpoint = Path(checkpoint)
     model, ckpt = load_model_from_checkpoint(checkpoint, device=device)

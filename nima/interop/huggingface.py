@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
+from nima.data.tokenizer import EOT_TEXT, BPETokenizer, byte_level_alphabet, tokenizer_from_dict
 from nima.errors import ConfigError, DataError
 from nima.models import GPT, ModelConfig
 
 
 def export_huggingface(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Path:
     """Write ``model`` (and ``tokenizer``, when given) to ``out_dir`` in the ``transformers`` layout."""
-    from safetensors.torch import save_file
-
     config = model.config
     if config.arch == "gpt2":
         hf_config, weights = _gpt2(model)
@@ -177,11 +179,6 @@ def export_tokenizer(tokenizer: Any, out_dir: str | Path, model_max_length: int 
     without merges over the same vocabulary (so every character, or byte, is one token with the
     same id as in Nima).
     """
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from nima.data.tokenizer import EOT_TEXT, _byte_level_alphabet
-
     kind = getattr(tokenizer, "kind", None)
     eos = tokenizer.eos_token_id
     if kind == "bpe":
@@ -190,7 +187,7 @@ def export_tokenizer(tokenizer: Any, out_dir: str | Path, model_max_length: int 
         hf = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(tokenizer.chars)}, merges=[]))
         hf.decoder = decoders.Fuse()
     elif kind == "byte":
-        alphabet = {ch: b for ch, b in _byte_level_alphabet().items()}
+        alphabet = {ch: b for ch, b in byte_level_alphabet().items()}
         hf = HFTokenizer(models.BPE(vocab=alphabet, merges=[]))
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         hf.decoder = decoders.ByteLevel()
@@ -338,8 +335,6 @@ def _name_map(model: GPT, exported: dict[str, torch.Tensor]) -> list[tuple[str, 
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -357,8 +352,6 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _import_tokenizer(folder: Path) -> Any:
-    from nima.data.tokenizer import BPETokenizer, tokenizer_from_dict
-
     settings_path = folder / "tokenizer_config.json"
     settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
     if "nima_tokenizer" in settings:  # written by export_tokenizer: the exact original
@@ -366,8 +359,6 @@ def _import_tokenizer(folder: Path) -> Any:
     path = folder / "tokenizer.json"
     if not path.is_file():
         return None
-    from tokenizers import Tokenizer as HFTokenizer
-
     hf = HFTokenizer.from_file(str(path))
     # Byte-level BPE (GPT-2, Qwen, SmolLM ...) and SentencePiece-style BPE with byte fallback
     # (Llama 2, Mistral) map every token to bytes; BPETokenizer refuses the others (WordPiece, Unigram).
@@ -380,8 +371,6 @@ def _import_tokenizer(folder: Path) -> Any:
 def _eos_token(hf: Any, settings: dict[str, Any], folder: Path) -> str:
     """The model's end-of-text token: tokenizer_config.json's ``eos_token``, else the id that
     generation_config.json or config.json names, else GPT-2's ``<|endoftext|>``."""
-    from nima.data.tokenizer import EOT_TEXT
-
     named = settings.get("eos_token")
     if isinstance(named, dict):  # {"content": "</s>", "lstrip": false, ...}
         named = named.get("content")

@@ -13,15 +13,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from numbers import Integral
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
 from nima.errors import ConfigError
 from nima.models.attention import KVCache
+from nima.models.config import ModelConfig
 
-if TYPE_CHECKING:
-    from nima.models.gpt import GPT
+
+class CausalLM(Protocol):
+    """What generation uses of a model: a :class:`~nima.models.gpt.GPT` (whose ``generate`` methods
+    call this module, so this module names the interface rather than importing the class)."""
+
+    config: ModelConfig
+    training: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def last_token_logits(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor: ...
 
 
 def apply_repetition_penalty(logits: torch.Tensor, token_ids: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -93,7 +110,7 @@ def _check_arguments(
         raise ConfigError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
 
 
-def _as_batch(model: GPT, input_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+def _as_batch(model: CausalLM, input_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=model.device)
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
@@ -108,7 +125,7 @@ def _as_batch(model: GPT, input_ids: torch.Tensor | Sequence[int]) -> torch.Tens
 
 
 def _token_steps(
-    model: GPT,
+    model: CausalLM,
     prompt: torch.Tensor,
     max_new_tokens: int,
     temperature: float,
@@ -167,7 +184,7 @@ def _token_steps(
 
 
 def generate(
-    model: GPT,
+    model: CausalLM,
     input_ids: torch.Tensor | Sequence[int],
     max_new_tokens: int,
     *,
@@ -218,7 +235,7 @@ def generate(
 
 
 def generate_stream(
-    model: GPT,
+    model: CausalLM,
     input_ids: torch.Tensor | Sequence[int],
     max_new_tokens: int,
     *,

@@ -16,6 +16,7 @@ from nima.data.loader import IGNORE_INDEX  # the label the loss skips (padding, 
 from nima.errors import NimaError
 from nima.models.attention import CausalSelfAttention, KVCache
 from nima.models.config import ModelConfig
+from nima.models.generation import generate, generate_stream
 from nima.models.layers import RotaryEmbedding, dropout_or_identity, make_mlp, make_norm
 
 LOSS_CHUNK_ROWS = 1024
@@ -234,8 +235,6 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Prompt followed by up to ``max_new_tokens`` sampled tokens; see
         :func:`nima.models.generation.generate` for the arguments."""
-        from nima.models.generation import generate
-
         return generate(
             self,
             input_ids,
@@ -263,8 +262,6 @@ class GPT(nn.Module):
     ) -> Iterator[int]:
         """Yield new token ids one by one for a single prompt; see
         :func:`nima.models.generation.generate_stream`."""
-        from nima.models.generation import generate_stream
-
         return generate_stream(
             self,
             input_ids,

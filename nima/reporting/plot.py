@@ -102,6 +102,7 @@ def _load_logged_runs(runs: Sequence[str | Path | RunFolder]) -> list[RunFolder]
 
 def _new_figure() -> tuple[Any, list[tuple[Any, str, str, list[str]]]]:
     """The figure and its four panels: (axes, title, y label, metrics drawn on it)."""
+    # lazy: matplotlib is optional (nima[plots]); plots_available() tells callers beforehand
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -175,7 +176,7 @@ def _mark_runs_without(
 
 def _label_panel(ax: Any, title: str, x_label: str, y_label: str, metrics: list[str], key: str) -> None:
     """Title, axis labels, grid and the number formats that suit the panel's values."""
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import EngFormatter  # lazy: matplotlib is optional (nima[plots])
 
     ax.set_title(title)
     ax.set_xlabel(x_label)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nima.cli import CommandParser
 from nima.reporting.plot import PLOT_FILE, X_AXES, plot_runs
+from nima.reporting.runs import run_folder_of
 
 EXAMPLES = """examples:
   nima plot experiments/quick_test                       # -> experiments/quick_test/loss.png
@@ -42,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run ``nima plot``; returns the exit code (user errors raise NimaError)."""
     args = build_parser().parse_args(argv)
-    from nima.reporting.runs import run_folder_of
-
     folders = [run_folder_of(path) for path in args.runs]
     output = args.output or (folders[0] / PLOT_FILE if len(folders) == 1 else Path("runs.png"))
     written = plot_runs(folders, output, x=args.x, title=args.title)

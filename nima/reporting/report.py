@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from nima.data.preparation import load_prepared
+from nima.evaluation.text_units import count_text_units
 from nima.files import atomic_write_text
 from nima.reporting.plot import MISSING, PLOT_FILE, plots_available
 from nima.reporting.runs import RunFolder, load_run, rerun_commands
@@ -81,9 +83,6 @@ def bytes_per_token(prepared_path: str | Path | None, max_tokens: int = BYTES_SA
     if not prepared_path:
         return None
     try:
-        from nima.data.preparation import load_prepared
-        from nima.evaluation.text_units import count_text_units
-
         data = load_prepared(prepared_path)
         ids = data.tokens("val")[:max_tokens]
         if len(ids) == 0:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 
 from nima.cli import CommandParser
+from nima.reporting.plot import PLOT_FILE, plot_runs, plots_available
+from nima.reporting.report import write_report
+from nima.reporting.runs import load_run
+from nima.reporting.sample import sample_from_checkpoint
 
 EXAMPLES = """examples:
   nima report experiments/quick_test          # -> experiments/quick_test/report.md
@@ -39,11 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run ``nima report``; returns the exit code (user errors raise NimaError)."""
     args = build_parser().parse_args(argv)
-    from nima.reporting.plot import PLOT_FILE, plot_runs, plots_available
-    from nima.reporting.report import write_report
-    from nima.reporting.runs import load_run
-    from nima.reporting.sample import sample_from_checkpoint
-
     run = load_run(args.run)
     if (args.plot or not (run.path / PLOT_FILE).is_file()) and plots_available() and run.records:
         print(f"wrote {plot_runs([run], run.path / PLOT_FILE)}")

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from nima.checkpoint import load_checkpoint_file, newest_checkpoint
 from nima.errors import ConfigError
 from nima.files import atomic_write_json, atomic_write_text
 
@@ -270,8 +271,6 @@ def _newer(a: Path, b: Path) -> bool:
 def newest_checkpoint_info(root: Path) -> tuple[Path | None, dict[str, Any] | None]:
     """The newest checkpoint (``step_N`` / ``epoch_N``, else ``best_model``) and its metadata:
     every entry but the tensors, plus ``parameters`` (the model's, tied weights counted once)."""
-    from nima.checkpoint import load_checkpoint_file, newest_checkpoint
-
     path = newest_checkpoint(root)
     if path is None and (root / "checkpoints" / "best_model.pt").is_file():
         path = root / "checkpoints" / "best_model.pt"

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 
 from nima.errors import NimaError
+from nima.inference.loading import load_for_inference
+from nima.reporting.runs import update_run_info
 
 SAMPLE_TOKENS = 100
 TEMPERATURE = 0.8
@@ -44,9 +46,6 @@ def sample_from_checkpoint(
 ) -> str | None:
     """Generate a sample from ``checkpoint`` on the CPU and record it in the run's run_info.json;
     None (and nothing recorded) when its model or tokenizer cannot be loaded."""
-    from nima.inference.loading import load_for_inference
-    from nima.reporting.runs import update_run_info
-
     try:
         loaded = load_for_inference(checkpoint, device="cpu")
     except NimaError as err:
