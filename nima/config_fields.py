@@ -1,11 +1,9 @@
 """One validation mechanism for the config sections ``model:``, ``training:`` and ``data:``.
 
-Each section is a dataclass deriving from :class:`ConfigSection`, which names the section and the
-keys that are spelled differently or that moved to another section::
+Each section is a dataclass deriving from :class:`ConfigSection`, which names the section::
 
     @dataclass
-    class TrainingConfig(ConfigSection, section="training", aliases={"save_steps": "save_every"},
-                         moved={"num_workers": "data.num_workers"}):
+    class TrainingConfig(ConfigSection, section="training"):
         learning_rate: float = 3e-4
         ...
         def __post_init__(self) -> None:
@@ -18,7 +16,8 @@ Every mistake is a one-line :class:`~nima.errors.ConfigError` naming ``section.k
 
 - an unknown key (from YAML, the command line or Python keyword arguments) suggests the nearest
   valid one: ``unknown key training.learnig_rate (did you mean training.learning_rate?)``;
-- a key that moved says where to: ``training.num_workers moved to data.num_workers``;
+- a key that moved says where to: ``training.num_workers moved to data.num_workers``
+  (:data:`MOVED`); a second spelling of a key (:data:`ALIASES`) works everywhere the key does;
 - a value of the wrong type: ``training.max_steps must be an integer or null, got 2.5``;
 - a value out of range: ``training.learning_rate must be > 0, got -0.1``.
 
@@ -41,7 +40,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, Self, Union
 
 import yaml
@@ -56,42 +55,85 @@ _NULL = {"null", "none", "~"}
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
 
-class ConfigSection:
-    """Base of the config section dataclasses: the section's name, its aliases and moved keys.
+# -------------------------------------------------------------------------------- renamed keys
 
-    Subclass as ``class XConfig(ConfigSection, section="x", aliases={...}, moved={...})``.
-    ``aliases`` maps accepted alternative spellings to the canonical field (the class accepts them
-    as keyword arguments too, e.g. as ``InitVar``); ``moved`` maps keys that used to live here to
-    their new ``section.key``. Keyword arguments are checked before ``__init__`` runs, so
-    ``XConfig(typo=1)`` is the same one-line ConfigError as the key in a YAML file.
+# Every key with a second spelling, and every key that moved to another section, declared once.
+# The sections, the YAML and command-line readers, Python keyword arguments and ``nima train
+# --help`` (:func:`renamed_keys_help`) all read these two tables.
+ALIASES: dict[str, str] = {  # a second spelling -> the key (same section); the guide uses both
+    "training.save_steps": "training.save_every",
+    "training.eval_steps": "training.eval_every",
+}
+MOVED: dict[str, str] = {  # a key that used to live here -> its one home now (an error that says so)
+    "training.gradient_checkpointing": "model.gradient_checkpointing",
+    "training.num_workers": "data.num_workers",
+    "data.seed": "training.seed",
+}
+
+
+def renamed_keys_help() -> list[str]:
+    """The ``--help`` lines about :data:`ALIASES` and :data:`MOVED`."""
+    return [
+        "aliases: " + ", ".join(f"{alias} = {key}" for alias, key in ALIASES.items()),
+        "moved: " + ", ".join(f"{old} is now {new}" for old, new in MOVED.items()),
+    ]
+
+
+def _in_section(table: Mapping[str, str], section: str) -> dict[str, str]:
+    """``{"training.x": "y.z"}`` -> ``{"x": "y.z"}`` for the keys of ``section``."""
+    return {key.partition(".")[2]: home for key, home in table.items() if key.partition(".")[0] == section}
+
+
+class _SectionType(type):
+    """Checks the keyword arguments of every section's constructor and maps aliases to their key,
+    so ``TrainingConfig(save_steps=5, typo=1)`` is checked like the same keys in a YAML file."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **canonical_keys(cls, kwargs))
+
+
+class ConfigSection(metaclass=_SectionType):
+    """Base of the config section dataclasses: ``class XConfig(ConfigSection, section="x")``.
+
+    The section's aliases and moved keys come from :data:`ALIASES` and :data:`MOVED`: ``XConfig``
+    accepts an alias as a keyword argument and reads it as an attribute (``cfg.save_steps`` is
+    ``cfg.save_every``), and a moved or unknown keyword is the same one-line ConfigError as the
+    key in a YAML file.
     """
 
     SECTION: ClassVar[str] = ""
     ALIASES: ClassVar[Mapping[str, str]] = {}
+    """This section's part of :data:`ALIASES`: ``{"save_steps": "save_every"}``."""
     MOVED: ClassVar[Mapping[str, str]] = {}
+    """This section's part of :data:`MOVED`: ``{"num_workers": "data.num_workers"}``."""
 
-    def __init_subclass__(
-        cls,
-        section: str | None = None,
-        aliases: Mapping[str, str] | None = None,
-        moved: Mapping[str, str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init_subclass__(cls, section: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if section is not None:  # a subclass without arguments keeps its parent's
-            cls.SECTION = section
-            cls.ALIASES = dict(aliases or {})
-            cls.MOVED = dict(moved or {})
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        for key in kwargs:
-            check_key(cls, key)
-        return super().__new__(cls)
+        if section is None:  # a subclass without a section keeps its parent's
+            return
+        cls.SECTION = section
+        cls.MOVED = _in_section(MOVED, section)
+        cls.ALIASES = {}
+        for alias, key in _in_section(ALIASES, section).items():
+            home, _, name = key.partition(".")
+            assert home == section, f"alias {section}.{alias} must name a key of its own section"
+            cls.ALIASES[alias] = name
+            setattr(cls, alias, _alias_property(name))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Self:
         """Build from a mapping such as a YAML section (unknown keys suggest the nearest one)."""
         return build_section(cls, values)
+
+
+def _alias_property(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(self, name)
+
+    def set_(self: Any, value: Any) -> None:
+        setattr(self, name, value)
+
+    return property(get, set_, doc=f"Same as {name}.")
 
 
 # ---------------------------------------------------------------------------------------- keys
@@ -144,16 +186,28 @@ def build_section(cls: type, values: Mapping[str, Any], from_string: Iterable[st
     from_string = frozenset(from_string)
     hints = field_types(cls)
     kwargs: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
-    for key, value in values.items():
-        name = check_key(cls, key)
-        if name in spelled and spelled[name] != key:
-            raise ConfigError(
-                f"{section}.{spelled[name]} and {section}.{key} are the same setting; give only one"
-            )
-        spelled[name] = key
+    for key, name, value in _checked_items(cls, values):
         kwargs[name] = coerce(value, hints[name], f"{section}.{key}", from_string=key in from_string)
     return cls(**kwargs)
+
+
+def canonical_keys(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with every key checked (:func:`check_key`) and spelled as its field."""
+    return {name: value for _, name, value in _checked_items(cls, values)}
+
+
+def _checked_items(cls: type, values: Mapping[Any, Any]) -> Iterator[tuple[Any, str, Any]]:
+    """``(key as given, its field, value)`` per item; ConfigError for an unknown or moved key, or
+    for two spellings of one key."""
+    spelled: dict[str, Any] = {}
+    for key, value in values.items():
+        name = check_key(cls, key)
+        if name in spelled:
+            raise ConfigError(
+                f"{cls.SECTION}.{spelled[name]} and {cls.SECTION}.{key} are the same setting; give only one"
+            )
+        spelled[name] = key
+        yield key, name, value
 
 
 # --------------------------------------------------------------------------------------- types
@@ -337,13 +391,17 @@ class Need:
 
 
 __all__ = [
+    "ALIASES",
+    "MOVED",
     "ConfigSection",
     "Need",
     "build_section",
+    "canonical_keys",
     "check_key",
     "check_types",
     "closest",
     "coerce",
     "field_types",
+    "renamed_keys_help",
     "suggest",
 ]

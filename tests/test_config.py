@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+import nima.config
+import nima.config.run
+from nima import config_fields
 from nima.config import SECTIONS, RunConfig, parse_overrides
+from nima.config_fields import field_types
 from nima.data import DataConfig
 from nima.errors import ConfigError
 from nima.models import ModelConfig
 from nima.training import TrainingConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -332,3 +339,164 @@ def test_derived_model_fields_stay_null_through_the_shared_builder() -> None:
     m = run.model
     assert (m.d_ff, m.bias, m.activation, m.n_kv_heads) == (None, None, None, None)
     assert (m.ff_dim, m.use_bias, m.act, m.kv_heads) == (192, False, "silu", 4)
+
+
+# ------------------------------------------------------------------ aliases and moved keys: one table
+
+
+def test_renamed_keys_are_declared_once_and_point_at_real_keys() -> None:
+    for table in (config_fields.ALIASES, config_fields.MOVED):
+        for old, new in table.items():
+            section, key = old.split(".")
+            home, name = new.split(".")
+            assert name in field_types(SECTIONS[home]), f"{old} -> {new}: no such key"
+            assert key not in field_types(SECTIONS[section])
+    for alias, key in config_fields.ALIASES.items():
+        section, name = alias.split(".")
+        assert SECTIONS[section].ALIASES[name] == key.split(".")[1]
+    for old, new in config_fields.MOVED.items():
+        section, key = old.split(".")
+        assert SECTIONS[section].MOVED[key] == new
+
+
+@pytest.mark.parametrize("alias, key", list(config_fields.ALIASES.items()))
+def test_every_alias_works_wherever_its_key_does(tmp_path: Path, alias: str, key: str) -> None:
+    section, spelling = alias.split(".")
+    name = key.split(".")[1]
+    from_file = RunConfig.from_yaml(_write(tmp_path, f"{section}:\n  {spelling}: 7\n"))
+    from_cli = RunConfig.from_dict({section: {name: 1}}, overrides=[f"--{alias}=7"])
+    for run in (from_file, from_cli):
+        assert getattr(getattr(run, section), name) == 7
+    config = SECTIONS[section](**{spelling: 7})
+    assert getattr(config, name) == getattr(config, spelling) == 7
+    assert spelling not in config.to_dict()
+
+
+def test_train_help_about_aliases_and_moved_keys_is_generated_from_the_table(monkeypatch) -> None:
+    from nima.training.cli import build_parser
+
+    help_text = " ".join(build_parser().format_help().split())  # lines are wrapped at 100
+    for alias, key in config_fields.ALIASES.items():
+        assert f"{alias} = {key}" in help_text
+    for old, new in config_fields.MOVED.items():
+        assert f"{old} is now {new}" in help_text
+    monkeypatch.setitem(config_fields.MOVED, "training.old_knob", "model.new_knob")
+    assert "training.old_knob is now model.new_knob" in " ".join(build_parser().format_help().split())
+
+
+# ------------------------------------------------------------------ reading a config needs no Trainer
+
+
+def test_reading_a_config_imports_no_training_module() -> None:
+    code = (
+        "import sys\n"
+        "import nima.config\n"
+        f"nima.config.RunConfig.from_yaml({str(ROOT / 'configs' / 'base_model.yaml')!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith('nima.training')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_training_config_has_one_home_and_the_guide_imports_work() -> None:
+    import nima.training
+
+    assert nima.training.TrainingConfig is TrainingConfig is nima.config.training.TrainingConfig
+
+
+def test_choices_agree_with_the_code_that_acts_on_them() -> None:
+    from nima.config.training import STRATEGIES
+    from nima.distributed import STRATEGIES as WRAPPED
+
+    assert STRATEGIES == WRAPPED
+
+
+# ------------------------------------------------------------------ --quick_test reads configs/cpu_quick.yaml
+
+
+def _checkout(root: Path, yaml_text: str | None) -> Path:
+    """A stand-in checkout: a pyproject.toml, and configs/cpu_quick.yaml holding ``yaml_text``."""
+    (root / "configs").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    if yaml_text is not None:
+        (root / "configs" / "cpu_quick.yaml").write_text(yaml_text)
+    return root
+
+
+def test_the_quick_test_reads_cpu_quick_yaml_and_writes_to_experiments_quick_test(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from nima.training import cli
+
+    shipped = (ROOT / "configs" / "cpu_quick.yaml").read_text()
+    assert "max_steps: 500\n" in shipped
+    monkeypatch.setattr(nima.config.run, "CHECKOUT", _checkout(tmp_path, shipped.replace("500", "7", 1)))
+    monkeypatch.chdir(tmp_path.parent)
+    run = cli.load_run_config(None, True, [])
+    assert run.training.max_steps == 7 and run.training.output_dir == "experiments/quick_test"
+    run = cli.load_run_config(None, True, {"training.output_dir": "elsewhere", "model.n_layers": "2"})
+    assert run.training.output_dir == "elsewhere" and run.model.n_layers == 2
+    with pytest.raises(ConfigError, match="^--quick_test: training.learning_rate must be > 0"):
+        cli.load_run_config(None, True, ["--training.learning_rate=-1"])
+
+
+def test_the_shipped_configs_are_found_from_any_working_directory(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert nima.config.shipped_config("cpu_quick.yaml") == ROOT / "configs" / "cpu_quick.yaml"
+
+
+def test_the_quick_test_without_its_config_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    from nima.training import cli
+
+    monkeypatch.setattr(nima.config.run, "CHECKOUT", _checkout(tmp_path / "site", None))
+    monkeypatch.chdir(tmp_path)
+    message = _one_line_error(lambda: cli.load_run_config(None, True, []))
+    assert message.startswith("--quick_test: configs/cpu_quick.yaml not found")
+
+
+# ------------------------------------------------------------------ rules across sections
+
+
+def test_bpe_vocab_size_is_the_models_for_bpe_only() -> None:
+    run = RunConfig.from_dict({"data": {"tokenizer": "bpe"}, "model": {"vocab_size": 300}})
+    assert run.bpe_vocab_size == 300
+    assert RunConfig.from_dict({"data": {"tokenizer": "char"}}).bpe_vocab_size is None
+    assert RunConfig.from_dict({"data": {"tokenizer": "byte"}}).bpe_vocab_size is None
+
+
+def test_a_bpe_vocabulary_below_its_byte_alphabet_is_a_config_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model:\n  vocab_size: 100\ndata:\n  tokenizer: bpe\n")
+    message = _one_line_error(lambda: RunConfig.from_yaml(path))
+    assert message.startswith(f"{path}: model.vocab_size must be >= 257 with data.tokenizer: bpe")
+    assert message.endswith("got 100")
+    assert RunConfig.from_yaml(path, overrides=["--model.vocab_size=257"]).bpe_vocab_size == 257
+
+
+class _Tokenizer:
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+
+@pytest.mark.parametrize(
+    "tokenizer, asked, got, reason",
+    [
+        ("char", 10000, 65, "the char vocabulary comes from the tokenizer"),
+        ("byte", 65, 257, "the byte vocabulary comes from the tokenizer"),
+        ("bpe", 500, 480, "the corpus gave fewer BPE merges than asked"),
+        ("bpe", 300, 301, "the bpe vocabulary comes from the tokenizer"),
+    ],
+)
+def test_fit_vocab_size_follows_the_tokenizer_with_one_warning(tokenizer, asked, got, reason) -> None:
+    run = RunConfig.from_dict({"model": {"vocab_size": asked}, "data": {"tokenizer": tokenizer}})
+    said: list[str] = []
+    fitted = run.fit_vocab_size(_Tokenizer(got), say=said.append)
+    assert said == [f"warning: model.vocab_size={asked} changed to {got} ({reason})"]
+    assert fitted.model.vocab_size == got and run.model.vocab_size == asked
+    assert fitted.training == run.training and fitted.data == run.data
+
+
+def test_fit_vocab_size_keeps_a_matching_run_silently() -> None:
+    run = RunConfig.from_dict({"model": {"vocab_size": 65}})
+    said: list[str] = []
+    assert run.fit_vocab_size(_Tokenizer(65), say=said.append) is run and said == []

@@ -302,7 +302,7 @@ def test_progress_printer_plain_lines() -> None:
     [(50, 200, True), (10, 200, True), (8, 300, False), (200, 200, False), (None, 200, False)],
 )
 def test_epoch_lines_only_where_an_epoch_holds_a_logging_step(steps_per_epoch, total_steps, expected) -> None:
-    from nima.training.config import TrainingConfig
+    from nima.config import TrainingConfig
     from nima.training.console import make_progress
 
     config = TrainingConfig(log_every=10, progress_bar=False)

@@ -1,38 +1,39 @@
-"""TrainingConfig: every knob of a training run (the YAML ``training:`` section)."""
+"""TrainingConfig: every knob of a training run (the YAML ``training:`` section).
+
+It lives with the other config code, not in :mod:`nima.training`, so that reading a config never
+imports the Trainer; ``from nima.training import TrainingConfig`` works too.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nima.config_fields import ConfigSection, check_types, suggest
-from nima.distributed import STRATEGIES
-from nima.training.guard import ON_NONFINITE
 
 SCHEDULERS = ("cosine", "linear", "constant", "cosine_restarts")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adamw_scale")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 REPORTERS = ("tensorboard", "wandb")
+STRATEGIES = ("ddp", "fsdp")  # nima.distributed.wrap_model's
+ON_NONFINITE = ("stop", "skip")  # what the Trainer does after a step with nan or inf gradients
 
 # batch_size: auto keeps this many sequences per micro-batch's worth of accumulation (the guide's
 # batch size), whatever micro-batch fits.
 AUTO_BATCH_TARGET = 32
-# Both spellings appear in the guide; the first is accepted, the second is canonical.
-ALIASES = {"save_steps": "save_every", "eval_steps": "eval_every"}
-# Settings that used to be here too; each has one home now.
-MOVED = {"gradient_checkpointing": "model.gradient_checkpointing", "num_workers": "data.num_workers"}
 
 
 @dataclass
-class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=MOVED):
+class TrainingConfig(ConfigSection, section="training"):
     """How to train: length, optimizer, schedule, precision, evaluation, checkpoints, logging.
 
     ``batch_size`` sizes the loaders that ``scripts/train.py`` builds; a :class:`Trainer` given a
     ready-made loader uses that loader's batches (and warns when the two disagree).
-    ``save_steps``/``eval_steps`` are accepted as spellings of ``save_every``/``eval_every``.
-    Gradient checkpointing is ``model.gradient_checkpointing`` and loader workers are
-    ``data.num_workers``.
+    ``save_steps``/``eval_steps`` are accepted as spellings of ``save_every``/``eval_every``
+    (keyword arguments, attributes, YAML keys); gradient checkpointing is
+    ``model.gradient_checkpointing`` and loader workers are ``data.num_workers``
+    (:data:`nima.config_fields.ALIASES` and :data:`~nima.config_fields.MOVED`).
     """
 
     # --- length ---
@@ -126,14 +127,7 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
     (<output_dir>/logs/tensorboard) and wandb (W&B, offline unless $WANDB_MODE=online or you are
     logged in); on the command line --training.report_to=tensorboard,wandb."""
 
-    save_steps: InitVar[int | None] = None
-    eval_steps: InitVar[int | None] = None
-
-    def __post_init__(self, save_steps: int | None, eval_steps: int | None) -> None:
-        if save_steps is not None:
-            self.save_every = save_steps
-        if eval_steps is not None:
-            self.eval_every = eval_steps
+    def __post_init__(self) -> None:
         need = check_types(self)
         need(">= 1", "num_epochs", "max_steps", "gradient_accumulation_steps", "lr_num_cycles")
         if self.batch_size != "auto":
@@ -178,18 +172,12 @@ class TrainingConfig(ConfigSection, section="training", aliases=ALIASES, moved=M
         return out
 
 
-def _alias_property(canonical: str) -> property:
-    def get(self: TrainingConfig) -> Any:
-        return getattr(self, canonical)
-
-    def set_(self: TrainingConfig, value: Any) -> None:
-        setattr(self, canonical, value)
-
-    return property(get, set_, doc=f"Same as {canonical}.")
-
-
-# Reading config.save_steps works too (the dataclass __init__ keeps its own default of None).
-for _alias, _canonical in ALIASES.items():
-    setattr(TrainingConfig, _alias, _alias_property(_canonical))
-
-__all__ = ["TrainingConfig", "SCHEDULERS", "OPTIMIZERS", "PRECISIONS", "REPORTERS", "ALIASES", "MOVED"]
+__all__ = [
+    "ON_NONFINITE",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "REPORTERS",
+    "SCHEDULERS",
+    "STRATEGIES",
+    "TrainingConfig",
+]

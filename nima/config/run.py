@@ -1,34 +1,21 @@
-"""Run configuration: the ``model:``, ``training:`` and ``data:`` sections of a YAML file.
-
-``RunConfig.from_yaml("configs/base_model.yaml", overrides=["--training.max_steps=20"])`` reads the
-file with ``yaml.safe_load``, applies command-line overrides and validates every section: an
-unknown key is an error that suggests the nearest valid one, values are converted to the field's
-type (``--model.n_layers=2`` is an int, ``--training.learning_rate=1e-3`` a float) and impossible
-values are one-line :class:`~nima.errors.ConfigError` messages prefixed with where they came from::
-
-    configs/x.yaml: unknown key training.learnig_rate (did you mean training.learning_rate?)
-
-Each setting has one home; a key given in a section it moved out of says where it went
-(``configs/x.yaml: training.num_workers moved to data.num_workers``). The checks are the same
-for the three sections (:mod:`nima.config_fields`).
-
-Overrides are written ``--section.key=value`` or ``--section.key value``.
-"""
+"""RunConfig: a whole run (model, training, data), read from YAML with command-line overrides."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from nima.config.training import TrainingConfig
 from nima.config_fields import ConfigSection, build_section, field_types, suggest
 from nima.data import DataConfig
+from nima.data.tokenizer import MIN_BPE_VOCAB
 from nima.errors import ConfigError
 from nima.models import ModelConfig
-from nima.training.config import TrainingConfig
 
 SECTIONS: dict[str, type[ConfigSection]] = {
     "model": ModelConfig,
@@ -36,16 +23,33 @@ SECTIONS: dict[str, type[ConfigSection]] = {
     "data": DataConfig,
 }
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The folder that holds the ``nima`` package: a checkout's root when Nima runs from one (as with
+``pip install -e .``); the shipped ``configs/`` are found there (they are not installed)."""
+
 
 @dataclass
 class RunConfig:
-    """A whole run: model architecture, training recipe and data."""
+    """A whole run: model architecture, training recipe and data.
+
+    The rules that tie sections together live here too: a BPE tokenizer is trained to
+    ``model.vocab_size`` (:attr:`bpe_vocab_size`, at least 257), and ``model.vocab_size`` follows
+    the tokenizer the data was prepared with (:meth:`fit_vocab_size`).
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     source: str | None = None
     """Where the config came from (a file path), for messages."""
+
+    def __post_init__(self) -> None:
+        vocab = self.model.vocab_size
+        if self.data.tokenizer == "bpe" and vocab < MIN_BPE_VOCAB:
+            raise ConfigError(
+                f"model.vocab_size must be >= {MIN_BPE_VOCAB} with data.tokenizer: bpe (the BPE "
+                f"vocabulary is trained to that size: 256 byte values + <|endoftext|>), got {vocab}"
+            )
 
     # ------------------------------------------------------------------ building
 
@@ -90,37 +94,42 @@ class RunConfig:
                 values[key] = value
                 if isinstance(value, str):
                     from_cli[section].add(key)
-        sections: dict[str, Any] = {}
-        for name, cls_ in SECTIONS.items():
-            values = merged.get(name, {})
-            try:
-                sections[name] = build_section(cls_, values, from_string=from_cli[name])
-            except ConfigError as err:
-                message = str(err)
-                raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
-        return cls(sections["model"], sections["training"], sections["data"], source=source)
+        try:
+            sections = {
+                name: build_section(section, merged.get(name, {}), from_string=from_cli[name])
+                for name, section in SECTIONS.items()
+            }
+            return cls(**sections, source=source)
+        except ConfigError as err:
+            message = str(err)
+            raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
         """Read a YAML config file (safe loader only) and apply ``overrides``."""
-        path = Path(path)
-        if not path.is_file():
-            hint = ""
-            configs = Path("configs")
-            if configs.is_dir():
-                names = sorted(str(p) for p in configs.glob("*.yaml"))
-                hint = f"; available: {', '.join(names)}" if names else ""
-            raise ConfigError(f"config file not found: {path}{hint}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"{path}:{where} is not valid YAML ({problem})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path} is not UTF-8 text") from None
-        return cls.from_dict(raw, source=str(path), overrides=overrides)
+        return cls.from_dict(read_yaml(path), source=str(path), overrides=overrides)
+
+    # ------------------------------------------------------------------ rules across sections
+
+    @property
+    def bpe_vocab_size(self) -> int | None:
+        """The vocabulary size to train a BPE tokenizer to: ``model.vocab_size`` when
+        ``data.tokenizer`` is ``bpe``, else None (char and byte vocabularies come from the text,
+        a saved tokenizer.json has its own)."""
+        return self.model.vocab_size if self.data.tokenizer == "bpe" else None
+
+    def fit_vocab_size(self, tokenizer: Any, say: Callable[[str], Any] = print) -> RunConfig:
+        """This run with ``model.vocab_size`` equal to ``tokenizer.vocab_size`` (the tokenizer the
+        data was prepared with). When that changes it, ``say`` gets one warning line with the
+        reason; when it already matches, the run itself is returned."""
+        if self.model.vocab_size == tokenizer.vocab_size:
+            return self
+        if self.data.tokenizer == "bpe" and tokenizer.vocab_size < self.model.vocab_size:
+            why = "the corpus gave fewer BPE merges than asked"
+        else:
+            why = f"the {self.data.tokenizer} vocabulary comes from the tokenizer"
+        say(f"warning: model.vocab_size={self.model.vocab_size} changed to {tokenizer.vocab_size} ({why})")
+        return self.replace(model=dataclasses.replace(self.model, vocab_size=tokenizer.vocab_size))
 
     # ------------------------------------------------------------------ output
 
@@ -137,6 +146,48 @@ class RunConfig:
 
     def replace(self, **sections: Any) -> RunConfig:
         return dataclasses.replace(self, **sections)
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The contents of YAML file ``path`` (safe loader only); ConfigError when it is missing,
+    unreadable as UTF-8 or not valid YAML."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        configs = Path("configs")
+        if configs.is_dir():
+            names = sorted(str(p) for p in configs.glob("*.yaml"))
+            hint = f"; available: {', '.join(names)}" if names else ""
+        raise ConfigError(f"config file not found: {path}{hint}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where} is not valid YAML ({problem})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+
+
+def shipped_config(name: str) -> Path:
+    """The path of ``configs/<name>``: in the checkout Nima runs from (:data:`CHECKOUT`, when it
+    has a pyproject.toml), else in the working directory; a one-line ConfigError when neither has
+    it (an installed Nima ships no configs/)."""
+    folders = [CHECKOUT / "configs"] if (CHECKOUT / "pyproject.toml").is_file() else []
+    for folder in [*folders, Path("configs")]:
+        if (folder / name).is_file():
+            return folder / name
+    raise ConfigError(
+        f"configs/{name} not found in Nima's checkout or in ./configs (an installed Nima ships no "
+        "configs); run from a Nima checkout or use a config file of your own"
+    )
+
+
+# ---------------------------------------------------------------------------------------- overrides
 
 
 def _check_section(section: Any, where: str) -> None:
@@ -194,6 +245,3 @@ def _is_number(text: str) -> bool:
 def known_keys() -> dict[str, list[str]]:
     """Every valid key per section (for ``--help`` and suggestions)."""
     return {name: list(field_types(cls)) for name, cls in SECTIONS.items()}
-
-
-__all__ = ["RunConfig", "SECTIONS", "known_keys", "parse_overrides"]
