@@ -248,7 +248,7 @@ class ValLossRecorder(Callback):
     def __init__(self):
         self.val_losses = []
 
-    def on_evaluate(self, trainer, metrics):
+    def on_evaluate(self, run, metrics):
         self.val_losses.append(round(metrics["val_loss"], 3))
 
 recorder = ValLossRecorder()
@@ -266,7 +266,7 @@ print("best validation loss:", round(results["best_val_loss"], 3))
 ## Exact resume
 
 Plan 20 steps; run them straight. Then run the same plan again but interrupt it after 10 steps (a
-callback sets `trainer.should_stop`, as a crash would), and resume from its `step_10.pt` in a new
+callback asks for a stop with `run.request_stop()`, as a crash would), and resume from its `step_10.pt` in a new
 Trainer. Model, optimizer, schedule, data position and random state are all restored, so the
 weights come out identical. The runs are pinned to `precision="fp32"`, so that all three compute
 alike on any CPU: under `auto`, a CPU with bf16 instructions picks bf16 or fp32 after a quick
@@ -277,9 +277,9 @@ class StopAfter(Callback):
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, trainer, metrics):
-        if trainer.step >= self.step:
-            trainer.should_stop = True
+    def on_step(self, run):  # every callback hook receives a view of the run
+        if run.step >= self.step:
+            run.request_stop(f"stopped at step {run.step} on purpose")
 
 def run(out, resume=None, callbacks=()):
     train_loader, val_loader = loaders(8)

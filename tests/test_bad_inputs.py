@@ -288,7 +288,7 @@ def test_train_refuses_a_checkpoint_that_does_not_fit(
 def test_init_from_takes_the_model_shape_from_the_checkpoint(good_run: Path) -> None:
     # Not a bad input: --init_from builds the checkpoint's model, whatever the config's model says.
     from nima.config import RunConfig
-    from nima.training.recipe import model_config_from
+    from nima.training.run_data import model_config_from
 
     run = RunConfig.from_yaml(ROOT / "configs" / "cpu_quick.yaml", overrides=["--model.n_layers=5"])
     tokenizer = type("Tok", (), {"vocab_size": 65})()

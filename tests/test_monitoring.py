@@ -179,13 +179,13 @@ def test_the_evaluation_sample_is_made_once_per_step_and_only_with_a_tokenizer(
     state = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
     rng = torch.get_rng_state()
     trainer.raw_model.train()
-    text = evaluation_sample(trainer)
+    text = evaluation_sample(trainer.view)
     assert isinstance(text, str) and text
-    assert evaluation_sample(trainer) is text  # cached for the step: every logger shows the same
+    assert evaluation_sample(trainer.view) is text  # cached for the step: every logger shows the same
     assert trainer.raw_model.training  # left in train mode
     assert torch.equal(torch.get_rng_state(), rng)  # the training RNG is untouched (exact resume)
     assert all(torch.equal(state[k], v) for k, v in trainer.raw_model.state_dict().items())
-    assert evaluation_sample(tiny_trainer(prepared, tmp_path / "b", tokenizer=False)) is None
+    assert evaluation_sample(tiny_trainer(prepared, tmp_path / "b", tokenizer=False).view) is None
 
 
 # ---------------------------------------------------------------------------------- TensorBoard

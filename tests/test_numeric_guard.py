@@ -52,11 +52,12 @@ class Snapshots(Callback):
     def __init__(self) -> None:
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
         self.adam_steps: dict[int, float] = {}
+        self.optimizer: torch.optim.Optimizer | None = None  # set once the Trainer has built it
 
-    def on_step(self, trainer: Trainer) -> None:
-        self.weights[trainer.step] = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
-        first = next(iter(trainer.optimizer.state.values()))
-        self.adam_steps[trainer.step] = float(first["step"])
+    def on_step(self, run) -> None:
+        self.weights[run.step] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        first = next(iter(self.optimizer.state.values()))
+        self.adam_steps[run.step] = float(first["step"])
 
 
 def config(tmp_path: Path, **overrides) -> TrainingConfig:
@@ -74,6 +75,7 @@ def records(tmp_path: Path) -> list[dict]:
 def test_a_nan_at_a_step_that_is_not_logged_is_never_applied_and_stops_the_run(tmp_path: Path) -> None:
     snapshots = Snapshots()
     trainer = Trainer(poisoned_model({3}), config(tmp_path), batches(), callbacks=[snapshots])
+    snapshots.optimizer = trainer.optimizer
     with pytest.raises(TrainingDivergedError) as stop:
         trainer.train()
     message = str(stop.value)
@@ -93,6 +95,7 @@ def test_skip_goes_on_without_the_broken_step_and_logs_it(tmp_path: Path) -> Non
     trainer = Trainer(
         poisoned_model({3, 7}), config(tmp_path, on_nonfinite="skip"), batches(), callbacks=[snapshots]
     )
+    snapshots.optimizer = trainer.optimizer
     results = trainer.train()
     assert results.steps == 12 and results.skipped_steps == 2
     assert all(torch.equal(snapshots.weights[7][k], v) for k, v in snapshots.weights[6].items())
@@ -130,6 +133,7 @@ def test_an_unfused_optimizer_skips_through_the_host(tmp_path: Path) -> None:
         batches(),
         callbacks=[snapshots],
     )
+    snapshots.optimizer = trainer.optimizer
     assert trainer.train().skipped_steps == 1
     assert all(torch.equal(snapshots.weights[3][k], v) for k, v in snapshots.weights[2].items())
 

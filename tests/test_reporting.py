@@ -233,10 +233,10 @@ def test_the_drawing_budget_counts_training_time_not_time_spent_elsewhere(monkey
 
     report = RunReport(plot=True, report=False)
     drawn: list[float] = []
-    monkeypatch.setattr(report, "_draw", lambda trainer: drawn.append(trainer.meter.train_s))
+    monkeypatch.setattr(report, "_draw", lambda run: drawn.append(run.train_seconds))
     for train_s in (10.0, 100.0):  # 1% of it: 0.1 s, then 1 s, for a first drawing taken as 0.5 s
-        trainer = SimpleNamespace(is_main=True, meter=SimpleNamespace(train_s=train_s))
-        report.on_log(trainer, {"val_loss": 2.0})
+        run = SimpleNamespace(is_main=True, train_seconds=train_s)  # a RunView's share
+        report.on_log(run, {"val_loss": 2.0})
     assert drawn == [100.0]
 
 

@@ -391,7 +391,7 @@ def test_the_history_plot_draws_the_best_so_far_as_steps() -> None:
     pytest.importorskip("matplotlib")
     from optuna.visualization import matplotlib as vis
 
-    from nima.tuning.sweep import _figure_of, _label_history
+    from nima.tuning.conclusion import _figure_of, _label_history
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()

@@ -16,7 +16,7 @@ from tiny import model_args
 from training_helpers import start_until
 
 from nima.errors import ConfigError
-from nima.training import Callback, cli, recipe
+from nima.training import Callback, cli, recipe, run_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -214,10 +214,10 @@ def test_data_is_prepared_once_per_node_rank_0_first(
     from nima.distributed import DistributedContext
 
     events: list[str] = []
-    monkeypatch.setattr(recipe, "prepare_data", lambda *a, **k: events.append("prepare") or "prepared")
-    monkeypatch.setattr("nima.distributed.barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(run_data, "prepare_data", lambda *a, **k: events.append("prepare") or "prepared")
+    monkeypatch.setattr(run_data, "barrier", lambda: events.append("barrier"))
     ctx = DistributedContext(rank=rank, local_rank=local_rank, world_size=8)
-    assert recipe.prepare_data_once_per_node(None, ctx, allow_fallback=False) == "prepared"
+    assert run_data.prepare_data_once_per_node(None, ctx, allow_fallback=False) == "prepared"
     expected = ["barrier", "barrier", "barrier"]
     expected.insert(turn, "prepare")  # every process prepares once, in its turn between the barriers
     assert events == expected

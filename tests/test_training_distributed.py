@@ -198,7 +198,7 @@ LOW_MEMORY_WORKER = (
     SHARDED_LOADER
     + textwrap.dedent(
         """
-    import nima.training.memory_watch as memory_watch
+    import nima.memory.watch as memory_watch
     from nima.errors import ConfigError as STOP_ERROR
 
     reads = []
@@ -248,8 +248,8 @@ RESUME_WORKER = WORKER_START + textwrap.dedent(
         def __init__(self, step):
             self.step = step
 
-        def on_step_end(self, trainer, metrics):
-            trainer.should_stop = trainer.step >= self.step
+        def on_log(self, run, metrics):
+            run.should_stop = run.step >= self.step
 
     def trainer(max_steps, folder, callbacks=()):
         ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,
@@ -268,8 +268,8 @@ RESUME_WORKER = WORKER_START + textwrap.dedent(
         return torch.cat([p.detach().flatten() for p in full])
 
     class SigtermOnRank1:
-        def on_step_end(self, trainer, metrics):
-            if ctx.rank == 1 and trainer.step == 3:
+        def on_log(self, run, metrics):
+            if ctx.rank == 1 and run.step == 3:
                 os.kill(os.getpid(), signal.SIGTERM)  # only one rank hears it: both must stop
 
     def max_diff(a, b):
@@ -330,8 +330,8 @@ FSDP_WORKER = WORKER_START + textwrap.dedent(
     data = load_prepared(prepared_path)
 
     class StopAt:
-        def on_step_end(self, trainer, metrics):
-            trainer.should_stop = trainer.step >= 2
+        def on_log(self, run, metrics):
+            run.should_stop = run.step >= 2
 
     def run(strategy, folder, stop=False, resume=None, precision="fp32"):
         ds = TokenWindowDataset(np.asarray(data.tokens("train")[:4000]), 32, seed=0,

@@ -18,15 +18,11 @@ from nima.checkpoint import load_model_from_checkpoint
 from nima.config import RunConfig
 from nima.distributed import DistributedContext
 from nima.errors import ConfigError
+from nima.memory import HEADROOM, MemoryWatch, available_memory, estimate_training_memory, measure_peak
+from nima.memory import plan as memory_plan
+from nima.memory.system import _cgroup_room
 from nima.models import LOSS_CHUNK_ROWS, ModelConfig, create_model
 from nima.runtime import PrecisionChoice, Runtime
-from nima.runtime.memory import (
-    HEADROOM,
-    _cgroup_room,
-    available_memory,
-    estimate_training_memory,
-    measure_peak,
-)
 from nima.training import (
     ProgressPrinter,
     Trainer,
@@ -34,9 +30,7 @@ from nima.training import (
     find_max_batch_size,
     get_optimizer,
     get_scheduler,
-    setup,
 )
-from nima.training.memory_watch import MemoryWatch
 from nima.training.recipe import build_run
 from nima.training.step import TrainStep
 
@@ -224,7 +218,7 @@ def test_slow_steps_print_progress_before_log_every(tmp_path: Path, capsys, monk
 
 
 def test_the_gpu_batch_search_finds_the_largest_batch_that_does_not_raise() -> None:
-    from nima.training.batch_fit import _try_on_gpu
+    from nima.memory.batch import _try_on_gpu
 
     tried: list[int] = []
 
@@ -264,8 +258,8 @@ def test_a_background_checkpoints_copy_is_planned_and_named_as_a_fix(monkeypatch
     # that copy shares the memory with the steps, so the plan counts it.
     config = ModelConfig(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, max_seq_len=1024)
     cpu = Runtime(DistributedContext(), torch.device("cpu"), PrecisionChoice("fp32", "cpu", "test"))
-    plain = setup.estimate_for(config, 4, 1024, cpu, TrainingConfig())
-    background = setup.estimate_for(config, 4, 1024, cpu, TrainingConfig(async_checkpoint=True))
+    plain = memory_plan.estimate_for(config, 4, 1024, cpu, TrainingConfig())
+    background = memory_plan.estimate_for(config, 4, 1024, cpu, TrainingConfig(async_checkpoint=True))
     assert plain.checkpoint_copy == 0
     assert background.checkpoint_copy == plain.weights + plain.optimizer  # fp32 weights, two AdamW moments
     assert background.total == plain.total + background.checkpoint_copy
@@ -279,8 +273,8 @@ def test_a_background_checkpoints_copy_is_planned_and_named_as_a_fix(monkeypatch
     model = create_model(dataclasses.replace(config, n_layers=1))  # the plan uses its config only
     model.config = config
     with pytest.raises(ConfigError, match=r"training\.async_checkpoint: false"):
-        setup.plan_memory(model, TrainingConfig(precision="fp32", async_checkpoint=True), 4, 1024, cpu)
-    assert setup.plan_memory(model, TrainingConfig(precision="fp32"), 4, 1024, cpu) is not None
+        memory_plan.plan_memory(model, TrainingConfig(precision="fp32", async_checkpoint=True), 4, 1024, cpu)
+    assert memory_plan.plan_memory(model, TrainingConfig(precision="fp32"), 4, 1024, cpu) is not None
 
 
 class MemoryLeft:
@@ -304,7 +298,7 @@ def test_a_cpu_run_running_out_of_memory_saves_and_stops_in_one_line(
     # A CPU that runs out of memory is killed silently: when the machine's free memory falls under
     # the floor between steps (here after step 3), the run saves that step and stops with one line.
     left = MemoryLeft(low_after=3)
-    monkeypatch.setattr("nima.training.memory_watch.system_memory_left", left)
+    monkeypatch.setattr("nima.memory.watch.system_memory_left", left)
     config = training_config(tmp_path, "fp32", async_checkpoint=async_checkpoint, log_every=5)
     trainer = Trainer(tiny_model(prepared), config, small_loader(prepared), callbacks=[left])
     trainer.memory_watch.every_s = 0  # read at every step (a real run reads at most once a second)
@@ -317,7 +311,7 @@ def test_a_cpu_run_running_out_of_memory_saves_and_stops_in_one_line(
     assert f"after step 3 (the floor is 512 MiB); saved {saved}" in message and "--resume" in message
     assert saved.is_file() and not list(saved.parent.glob("*.tmp*"))
 
-    monkeypatch.setattr("nima.training.memory_watch.system_memory_left", lambda: 20 * 1024 * MiB)
+    monkeypatch.setattr("nima.memory.watch.system_memory_left", lambda: 20 * 1024 * MiB)
     resumed = Trainer(tiny_model(prepared, seed=1), config, small_loader(prepared))
     resumed.load_checkpoint(saved)
     assert resumed.step == 3 and resumed.train()["steps"] == 10
@@ -371,7 +365,7 @@ sys.path.insert(0, TESTS)
 from training_helpers import small_loader, training_config
 from nima.data import prepare
 from nima.models import ModelConfig, create_model
-from nima.runtime.memory import HEADROOM
+from nima.memory import HEADROOM
 from nima.training import Callback, Trainer
 
 class Faults(Callback):  # page faults per step over steps 4-6, once the heap has settled

@@ -214,9 +214,9 @@ def test_a_signal_stops_at_a_step_boundary_and_resumes_exactly(prepared, tmp_pat
     """SIGTERM (a scheduler) or Ctrl-C (SIGINT): finish the step, save, return; resume is exact."""
 
     class SignalAt(StepLosses):
-        def on_step_end(self, trainer, metrics):
-            super().on_step_end(trainer, metrics)
-            if trainer.step == 7:
+        def on_log(self, run, metrics):
+            super().on_log(run, metrics)
+            if run.step == 7 and "loss" in metrics:
                 os.kill(os.getpid(), signum)  # noted, not fatal
 
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -234,8 +234,8 @@ def test_a_signal_stops_at_a_step_boundary_and_resumes_exactly(prepared, tmp_pat
 
 def test_a_second_ctrl_c_stops_at_once_without_saving(prepared, tmp_path: Path, capsys) -> None:
     class TwoCtrlC(Callback):
-        def on_step_end(self, trainer, metrics):
-            if trainer.step == 2:
+        def on_log(self, run, metrics):
+            if run.step == 2:
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGINT)
 

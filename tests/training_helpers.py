@@ -87,10 +87,12 @@ class StepLosses(Callback):
         self.losses: dict[int, float] = {}
         self.stop_at = stop_at
 
-    def on_step_end(self, trainer, metrics) -> None:
-        self.losses[trainer.step] = metrics["loss"]
-        if self.stop_at is not None and trainer.step >= self.stop_at:
-            trainer.should_stop = True
+    def on_log(self, run, metrics) -> None:
+        if "loss" not in metrics:  # the final evaluation's record
+            return
+        self.losses[run.step] = metrics["loss"]
+        if self.stop_at is not None and run.step >= self.stop_at:
+            run.request_stop()
 
 
 def resume_run(

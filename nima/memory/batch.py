@@ -15,9 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nima.config.training import TrainingConfig
 from nima.errors import ConfigError
-from nima.runtime import PrecisionChoice, unwrap_model
-from nima.runtime.memory import HEADROOM, OPTIMIZER_STATES, available_memory, measure_peak
+from nima.memory.estimate import HEADROOM, OPTIMIZER_STATES
+from nima.memory.plan import estimate_for
+from nima.memory.system import available_memory, measure_peak
+from nima.models import ModelConfig
+from nima.runtime import PrecisionChoice, Runtime, unwrap_model
 
 # Micro-batches the CPU measurement runs: two sizes give the memory per sequence.
 PROBE_SMALL, PROBE_LARGE = 1, 3
@@ -66,18 +70,35 @@ def find_max_batch_size(
 
 
 def fit_batch(
-    model: nn.Module,
-    effective_batch: int,
-    seq_len: int | None = None,
-    device: torch.device | str | None = None,
-    precision: PrecisionChoice | None = None,
-    optimizer_type: str = "adamw",
+    model: nn.Module, model_config: ModelConfig, config: TrainingConfig, runtime: Runtime
 ) -> BatchFit:
-    """The micro-batch for ``batch_size: auto``: the largest divisor of ``effective_batch`` that
-    fits, with the accumulation that keeps ``effective_batch`` sequences per step."""
-    largest, per_sequence = _search(model, seq_len, effective_batch, device, precision, optimizer_type)
-    micro = max(d for d in range(1, largest + 1) if effective_batch % d == 0)
-    return BatchFit(micro, effective_batch // micro, largest, per_sequence)
+    """``batch_size: auto``: the largest divisor of the effective batch that fits (by real steps,
+    then capped by the memory plan, the more careful of the two), the smallest any process found,
+    with the accumulation that keeps the effective batch."""
+    target = config.effective_batch_size
+    largest, per_sequence = _search(
+        model, model_config.max_seq_len, target, runtime.device, runtime.precision, config.optimizer_type
+    )
+    micro = max(d for d in range(1, largest + 1) if target % d == 0)
+    micro = min(micro, _largest_planned_batch(model_config, micro, target, runtime, config))
+    if runtime.dist.enabled:  # every process must take the same micro-batch
+        smallest = torch.tensor([micro], device=runtime.device)
+        torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
+        micro = int(smallest)
+    return BatchFit(micro, target // micro, largest, per_sequence)
+
+
+def _largest_planned_batch(
+    model_config: ModelConfig, upper: int, effective: int, runtime: Runtime, config: TrainingConfig
+) -> int:
+    """The largest divisor of ``effective`` up to ``upper`` whose memory plan fits (at least 1)."""
+    for micro in range(upper, 0, -1):
+        if (
+            effective % micro == 0
+            and estimate_for(model_config, micro, model_config.max_seq_len, runtime, config).fits
+        ):
+            return micro
+    return 1
 
 
 def _search(

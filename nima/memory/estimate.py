@@ -1,26 +1,23 @@
-"""Memory: what one training step needs, what the device has, and how to measure a step's peak.
+"""What one training step needs: the memory plan's arithmetic.
 
 :func:`estimate_training_memory` adds up the weights, gradients, optimizer state and the
 activations a forward/backward keeps (with or without gradient checkpointing) for a GPT of a
 given :class:`~nima.models.ModelConfig`, micro-batch and precision. The activation figures per
-token are calibrated against measured peaks (``benchmarks/memory.py``). :func:`available_memory`
-is the free GPU memory, or on a CPU the machine's available RAM (and the cgroup's limit, where a
-container has one). A CPU that runs out of memory does not raise: the kernel kills the process,
-silently. So Nima plans before the first step and refuses, with the figures and the fixes, a run
-that would not fit.
+token are calibrated against measured peaks (``benchmarks/memory.py``), and compared with
+:func:`nima.memory.system.available_memory`. A CPU that runs out of memory does not raise: the
+kernel kills the process, silently. So Nima plans before the first step and refuses, with the
+figures and the fixes, a run that would not fit (:mod:`nima.memory.plan`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from nima.runtime.heap import SMALL_BLOCK_LIMIT, release_freed_memory
+from nima.memory.heap import SMALL_BLOCK_LIMIT
+from nima.models import GPT
 
 GiB = 1024**3
 HEADROOM = 0.85
@@ -48,17 +45,17 @@ WORKSPACE_FIXED = 128 * 1024**2
 # CPU): scores, dropout mask and probabilities.
 QUADRATIC_BYTES_PER_SCORE = 13.0
 # On a CPU a training process lets glibc keep in its heap the blocks under 32 MiB that a step
-# frees (runtime/heap.py). Mixing sizes in one heap leaves holes that stay resident: the resident
+# frees (memory/heap.py). Mixing sizes in one heap leaves holes that stay resident: the resident
 # set peaks above the live tensors. Measured per sequence (4 layers, d_model 128-384, context
 # 256-512, fp32): 1.3x without gradient checkpointing, about 2.7x for the recompute path's
 # activations with it. Larger blocks are mapped and unmapped alone, unless the plan leaves room
 # to keep them too (KEPT_HEAP_ROOM).
 HEAP_SLACK = 1.33
 HEAP_SLACK_RECOMPUTE = 2.7
-# Keeping every block a step frees, large ones too (runtime/heap.py: no page faulted in again; the
+# Keeping every block a step frees, large ones too (memory/heap.py: no page faulted in again; the
 # base config's step 1.7x faster on a CPU) leaves more holes: measured 0.25-1.0x the activations
 # and logits again (base config and gpt2-small, fp32 and bf16). So a CPU run keeps every block
-# only when the plan fits this many times over (and it runs alone: training/setup.py);
+# only when the plan fits this many times over (and it runs alone: memory/plan.py);
 # otherwise large blocks are mapped alone.
 KEPT_HEAP_ROOM = 2.0
 
@@ -140,8 +137,6 @@ def _fused_optimizers(device: str) -> bool:
 
 
 def _param_count(config: Any) -> int:
-    from nima.models import GPT
-
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = GPT(config)
     return sum(p.numel() for p in model.parameters())
@@ -210,121 +205,3 @@ def estimate_training_memory(
         gradient_checkpointing=bool(gc),
         checkpoint_copy=params * 4 + optimizer_bytes if background_checkpoint and on_cpu else 0,
     )
-
-
-# ---------------------------------------------------------------------------- what the device has
-
-
-def available_memory(device: torch.device | str) -> int | None:
-    """Bytes free for this process: free GPU memory on CUDA; on a CPU the machine's available
-    RAM, or less where a cgroup (a container) limits the process; None where unknown.
-
-    ``$NIMA_MEMORY_LIMIT`` (bytes, or with a unit: ``6GiB``, ``512MiB``) caps it: to leave room
-    for other work on a shared machine.
-    """
-    device = torch.device(device)
-    found = [_env_limit()]
-    if device.type == "cuda":
-        found.append(int(torch.cuda.mem_get_info(device)[0]))
-    elif device.type == "cpu":
-        found.append(system_memory_left())
-    found = [value for value in found if value is not None]
-    return min(found) if found else None
-
-
-def system_memory_left() -> int | None:
-    """Bytes this machine has left now (``MemAvailable``), or less where a cgroup (a container)
-    limits the process; None where neither can be read (not Linux)."""
-    found = [value for value in (_meminfo_available(), _cgroup_room()) if value is not None]
-    return min(found) if found else None
-
-
-MEMORY_LIMIT_ENV = "NIMA_MEMORY_LIMIT"
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-          "g": GiB, "gb": 1000**3, "gib": GiB}  # fmt: skip
-
-
-def _env_limit() -> int | None:
-    import os
-
-    from nima.errors import ConfigError
-
-    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
-    if not text:
-        return None
-    match = re.fullmatch(r"([\d.]+)\s*([a-zA-Z]*)", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ConfigError(f"{MEMORY_LIMIT_ENV}={text!r} must be a size such as 6GiB, 512MiB or 2000000000")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def _meminfo_available() -> int | None:
-    try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
-    return int(match.group(1)) * 1024 if match else None
-
-
-def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The cgroup's memory limit less its working set (v2, then v1); None without a real limit.
-
-    The cgroup's usage counts the page cache too (the memory-mapped data, checkpoints just
-    written); the kernel reclaims its inactive part before it kills anything, so that part is room.
-    """
-    for limit_file, usage_file, stat_file, inactive in (
-        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat",
-         "total_inactive_file"),
-    ):  # fmt: skip
-        try:
-            limit = (root / limit_file).read_text().strip()
-            usage = int((root / usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 1 << 60:
-            return max(0, int(limit) - usage + _stat_field(root / stat_file, inactive))
-    return None
-
-
-def _stat_field(path: Path, field: str) -> int:
-    try:
-        match = re.search(rf"^{field} (\d+)$", path.read_text(), re.M)
-    except OSError:
-        return 0
-    return int(match.group(1)) if match else 0
-
-
-# ---------------------------------------------------------------------------- measuring a step
-
-
-def _status_bytes(field: str) -> int | None:
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
-def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int | None:
-    """Run ``fn()`` and return by how many bytes this process's memory peaked above where it
-    started: CUDA's allocator statistics on a GPU; on Linux CPUs the resident set's high-water
-    mark, reset first through ``/proc/self/clear_refs``. None where neither can be read."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    release_freed_memory()
-    start = _status_bytes("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    except OSError:
-        return None
-    fn()
-    peak = _status_bytes("VmHWM")
-    return None if start is None or peak is None else max(0, peak - start)

@@ -19,12 +19,12 @@ import time
 import torch
 import torch.distributed as dist
 
-from nima.runtime.memory import system_memory_left
+from nima.memory.system import system_memory_left
 
 FLOOR_BYTES = 512 * 1024**2
 """Stop when the machine has less than this left (at most FLOOR_SHARE of what it had at start)."""
 FLOOR_SHARE = 0.05
-"""The floor stays well under the 15% the memory plan leaves free (runtime/memory.py HEADROOM), so
+"""The floor stays well under the 15% the memory plan leaves free (memory/estimate.py HEADROOM), so
 a run within its plan is never stopped."""
 CHECK_EVERY_S = 1.0
 

@@ -1,7 +1,7 @@
 """Where and how a run computes: the process group, the device, the precision, the wrapped model.
 
 :class:`Runtime` is the one place where these are decided. Training builds one with
-:meth:`Runtime.for_training` (it joins the torchrun process group, picks the device and the
+:meth:`Runtime.for_training` (in the process group the run joined, it picks the device and the
 training precision, and wraps the model in DDP or FSDP2 and ``torch.compile``); evaluation and
 generation with :meth:`Runtime.for_inference` (device and autocast only).
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nima.distributed import DistributedContext, init_distributed, wrap_model
+from nima.distributed import DistributedContext, wrap_model
 from nima.distributed.fsdp import is_sharded
 from nima.runtime.compilation import compile_model
 from nima.runtime.device import device_kind, resolve_device, seed_everything
@@ -41,22 +41,23 @@ class Runtime:
     @classmethod
     def for_training(
         cls,
+        dist: DistributedContext,
         device: str = "auto",
         precision: str = "auto",
         use_mixed_precision: bool = True,
         bf16_benchmark: Callable[[], bool] | None = None,
     ) -> Runtime:
-        """Join the torchrun process group (if any), pick the device and the training precision.
+        """Pick the device of this process (``dist``: its place in the torchrun job, from
+        :func:`~nima.distributed.init_distributed`) and the training precision.
 
         ``bf16_benchmark`` runs (or fakes) the CPU micro-benchmark that decides ``auto`` on CPUs
         with bf16 instructions; see :func:`choose_precision`.
         """
-        ctx = init_distributed(device_kind(device))
-        where = resolve_device(device, ctx)
+        where = resolve_device(device, dist)
         chosen = choose_precision(precision, use_mixed_precision, where, bf16_benchmark=bf16_benchmark)
         if where.type == "cuda":
             torch.set_float32_matmul_precision(chosen.float32_matmul_precision)
-        return cls(ctx, where, chosen)
+        return cls(dist, where, chosen)
 
     @classmethod
     def for_inference(cls, device: str | None = "auto", precision: str = "auto") -> Runtime:

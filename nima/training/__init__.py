@@ -8,14 +8,15 @@
 """
 
 from nima.checkpoint import load_checkpoint_file, load_model_from_checkpoint
+from nima.config import TrainingConfig
+from nima.memory import find_max_batch_size
 from nima.runtime.precision import PrecisionChoice, choose_precision
-from nima.training.batch_fit import find_max_batch_size
 from nima.training.callbacks import Callback, EarlyStopping, MetricsTracker, ProgressPrinter
-from nima.training.config import TrainingConfig
 from nima.training.loggers import RunReport, TensorBoardLogger, WandbLogger
 from nima.training.optimizers import AdamWScale, get_optimizer, parameter_groups
 from nima.training.schedulers import get_scheduler, lr_multiplier
 from nima.training.trainer import Trainer
+from nima.training.view import RunView
 
 __all__ = [
     "AdamWScale",
@@ -25,6 +26,7 @@ __all__ = [
     "PrecisionChoice",
     "ProgressPrinter",
     "RunReport",
+    "RunView",
     "TensorBoardLogger",
     "Trainer",
     "TrainingConfig",

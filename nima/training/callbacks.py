@@ -1,9 +1,11 @@
 """Callbacks: the small protocol the Trainer calls, plus early stopping, metrics and progress.
 
 A callback is any object with some of the ``on_*`` methods of :class:`Callback`; the Trainer
-calls the ones it finds. Logging back-ends (TensorBoard, Weights & Biases: ``training.report_to``,
-in :mod:`nima.training.loggers`) plug in this way, so the trainer never imports them. To stop
-training, a callback sets ``trainer.should_stop = True``.
+calls the ones it finds, each with a :class:`~nima.training.view.RunView` of the run (step, epoch,
+latest metrics, the model) as ``run``. Logging back-ends (TensorBoard, Weights & Biases:
+``training.report_to``, in :mod:`nima.training.loggers`) plug in this way, so the trainer never
+imports them. To stop training, a callback calls ``run.request_stop(reason)`` (or sets
+``run.should_stop = True``); ``run.request_save()`` saves a checkpoint at the end of the step.
 """
 
 from __future__ import annotations
@@ -18,27 +20,40 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from tqdm.auto import tqdm
 
 from nima.errors import ConfigError
+from nima.training.view import RunView
 
 
 class Callback:
-    """Hooks the Trainer calls; override the ones you need (all are no-ops here)."""
+    """Hooks the Trainer calls, one per moment; override the ones you need (all are no-ops here).
 
-    def on_train_begin(self, trainer: Any) -> None: ...
-    def on_step(self, trainer: Any) -> None:
+    ``run`` is the :class:`~nima.training.view.RunView` of the run.
+    """
+
+    def on_train_begin(self, run: RunView) -> None:
+        """Once, before the first step (of this ``train()``: after a resume, at its step)."""
+
+    def on_step(self, run: RunView) -> None:
         """After every optimizer step (keep it cheap: nothing here may wait for the device)."""
 
-    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        """After an optimizer step at a logging step (every ``log_every`` steps)."""
+    def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
+        """Every record the run logs (to ``logs/metrics.jsonl``): at logging steps (every
+        ``log_every`` steps) the training figures, with ``val_loss`` when the step evaluated too;
+        after the last step, the final evaluation's record."""
 
-    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
-        """Every record the run logs: the logging steps' metrics, and the final evaluation."""
+    def on_evaluate(self, run: RunView, metrics: dict[str, float]) -> None:
+        """After each evaluation: ``val_loss``, ``val_perplexity``, ``val_tokens``."""
 
-    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None: ...
-    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None: ...
-    def on_save(self, trainer: Any, path: Path) -> None: ...
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, run: RunView, epoch: int, metrics: dict[str, float]) -> None:
+        """When an epoch ends: its number and the latest ``train_loss`` / ``val_loss``."""
+
+    def on_save(self, run: RunView, path: Path) -> None:
+        """After a checkpoint is written (or handed to the background writer), on rank 0."""
+
+    def on_train_end(self, run: RunView, results: Mapping[str, Any]) -> None:
+        """Once, when training ends or stops: the :class:`~nima.training.results.TrainResults`."""
 
 
 def _number(value: Any) -> Any:
@@ -78,12 +93,10 @@ class EarlyStopping(Callback):
         self.stopped = self.bad_checks >= self.patience
         return self.stopped
 
-    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, run: RunView, metrics: dict[str, float]) -> None:
         if "val_loss" in metrics and self(metrics["val_loss"]):
-            trainer.should_stop = True
-            trainer.stop_reason = (
-                f"early stopping: no improvement over {self.best:.4f} in {self.patience} evaluations"
-            )
+            why = f"early stopping: no improvement over {self.best:.4f} in {self.patience} evaluations"
+            run.request_stop(why)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_checks": self.bad_checks, "stopped": self.stopped}
@@ -154,10 +167,10 @@ class MetricsTracker(Callback):
             self._file.close()
             self._file = None
 
-    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
-        self.log(metrics, trainer.step)
+    def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
+        self.log(metrics, run.step)
 
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
+    def on_train_end(self, run: RunView, results: Mapping[str, Any]) -> None:
         self.close()
 
 
@@ -235,8 +248,6 @@ class ProgressPrinter(Callback):
 
     def _ensure_bar(self):
         if self._bar is None:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(
                 total=self.total_steps,
                 initial=self._start_step,
@@ -311,18 +322,19 @@ class ProgressPrinter(Callback):
             self._bar.close()
             self._bar = None
 
-    def on_step(self, trainer: Any) -> None:
+    def on_step(self, run: RunView) -> None:
         if self.use_bar:
-            self.advance(trainer.step)
+            self.advance(run.step)
         else:
-            self.heartbeat(trainer.step)
+            self.heartbeat(run.step)
 
-    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        self.print_step(trainer.step, metrics)
+    def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
+        if "loss" in metrics:  # a logging step's figures (the final evaluation has its own line)
+            self.print_step(run.step, metrics)
 
-    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, run: RunView, epoch: int, metrics: dict[str, float]) -> None:
         if self.epoch_lines:
             self.print_epoch_end(epoch, metrics)
 
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
+    def on_train_end(self, run: RunView, results: Mapping[str, Any]) -> None:
         self.close()

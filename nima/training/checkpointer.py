@@ -10,7 +10,6 @@ save (each contributes its RNG state, and FSDP's shards are gathered), and rank 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,7 +57,7 @@ class Checkpointer:
         save_every: int = 0,
         keep_last: int | None = None,
         async_write: bool = False,
-        metadata: Callable[[], dict[str, Any]] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.model = model
@@ -67,7 +66,8 @@ class Checkpointer:
         self.save_every = save_every
         self.keep_last = keep_last
         self.async_write = async_write
-        self.metadata = metadata or dict
+        self.metadata = metadata or {}
+        """What every checkpoint records about the run (:func:`nima.checkpoint.metadata.run_metadata`)."""
         self.sharded = is_sharded(model)
         self.saver = BackgroundSaver()
         self.last_saved_step = -1
@@ -135,7 +135,7 @@ class Checkpointer:
             rng_by_rank=gathered.get("rng_by_rank"),
             world_size=self.runtime.dist.world_size,
             precision=self.runtime.precision.name,
-            **self.metadata(),
+            **self.metadata,
             **training_state,
         )
 
@@ -207,7 +207,7 @@ class Checkpointer:
     def _check_fits(self, ckpt: dict[str, Any], path: str | Path, same_data: bool = True) -> None:
         """CheckpointError unless the checkpoint fits: the same tokenizer and model architecture,
         and (``same_data``: resuming, not starting from its weights) the same prepared data."""
-        current = self.metadata()
+        current = self.metadata
         diffs = tokenizer_mismatches(ckpt.get("tokenizer"), current.get("tokenizer"))
         if diffs:
             raise CheckpointError(

@@ -1,6 +1,6 @@
 """``nima train`` / ``python scripts/train.py``: train a model from a YAML config.
 
-Reads the config (``--config``, or the built-in quick recipe with ``--quick_test``), applies
+Reads the config (``--config``, or ``configs/cpu_quick.yaml`` with ``--quick_test``), applies
 ``--section.key=value`` overrides, prepares the data when it is not prepared yet, builds the
 model, loaders and :class:`~nima.training.Trainer`, optionally resumes (``--checkpoint``), trains,
 and prints a summary (and, for ``--quick_test``, a short sample).
@@ -21,41 +21,19 @@ import torch
 
 from nima.checkpoint import newest_checkpoint
 from nima.cli import CommandParser
-from nima.config import RunConfig, known_keys, parse_overrides
+from nima.config import RunConfig, known_keys, parse_overrides, read_yaml, renamed_keys_help, shipped_config
+from nima.distributed import cleanup
 from nima.errors import CheckpointError, ConfigError, DataError
 from nima.files import atomic_write_json
 from nima.training.recipe import build_run
 from nima.training.results import TrainResults
 
-# The quick recipe: a small char-level model that reaches a validation loss below 2.3 on tiny
-# Shakespeare within about a minute on a 2-core CPU (configs/cpu_quick.yaml is the same).
-QUICK_TEST: dict[str, dict[str, Any]] = {
-    "model": {
-        "vocab_size": 65,
-        "d_model": 128,
-        "n_heads": 4,
-        "n_layers": 3,
-        "d_ff": 512,
-        "max_seq_len": 64,
-        "dropout": 0.0,
-    },
-    "training": {
-        "max_steps": 500,
-        "batch_size": 16,
-        "learning_rate": 2e-3,
-        "warmup_steps": 30,
-        "min_lr": 2e-4,
-        "weight_decay": 0.1,
-        "betas": [0.9, 0.99],
-        "gradient_clip": 1.0,
-        "eval_every": 250,
-        "eval_batches": 25,
-        "save_every": 0,
-        "log_every": 10,
-        "output_dir": "experiments/quick_test",
-    },
-    "data": {"dataset": "tiny_shakespeare", "tokenizer": "char"},
-}
+QUICK_TEST_CONFIG = "cpu_quick.yaml"
+"""The --quick_test recipe, configs/cpu_quick.yaml: a small char model that reaches a validation loss
+below 2.3 on tiny Shakespeare within about a minute on a 2-core CPU."""
+QUICK_TEST_OUTPUT_DIR = "experiments/quick_test"
+"""Where --quick_test writes (the docs' experiments/quick_test/checkpoints/best_model.pt); the file's
+own output_dir, experiments/cpu_quick, is for --config runs and sweeps of it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,10 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
             initial_indent=f"  {section}: ",
             subsequent_indent=" " * (len(section) + 4),
         )
-    lines += [
-        "",
-        "aliases: training.save_steps = training.save_every, training.eval_steps = training.eval_every",
-    ]
+    lines.append("")
+    for line in renamed_keys_help():  # aliases and moved keys, from their one table
+        lines += textwrap.wrap(line, width=100, subsequent_indent="  ")
     parser = CommandParser(
         prog="nima train",
         description="Train a GPT-style model. Data named in the config (data.dataset, data.tokenizer) is "
@@ -93,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick_test",
         action="store_true",
-        help="train the small built-in CPU recipe (about a minute) and print a sample",
+        help=f"train the small CPU recipe of configs/{QUICK_TEST_CONFIG} (about a minute) into "
+        f"{QUICK_TEST_OUTPUT_DIR} and print a sample",
     )
     parser.add_argument(
         "--checkpoint",
@@ -113,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_run_config(config_path: str | None, quick_test: bool, overrides: list[str]) -> RunConfig:
+def load_run_config(
+    config_path: str | None, quick_test: bool, overrides: list[str] | dict[str, str]
+) -> RunConfig:
     """The run config from a file or the quick recipe, with overrides applied and validated."""
     if quick_test and config_path:
         raise ConfigError(
@@ -121,10 +101,22 @@ def load_run_config(config_path: str | None, quick_test: bool, overrides: list[s
             "use overrides to change it)"
         )
     if quick_test:
-        return RunConfig.from_dict(QUICK_TEST, source="--quick_test", overrides=overrides)
+        return quick_test_config(overrides)
     if not config_path:
         raise ConfigError("no config given: use --config configs/base_model.yaml (or --quick_test)")
     return RunConfig.from_yaml(config_path, overrides=overrides)
+
+
+def quick_test_config(overrides: list[str] | dict[str, str]) -> RunConfig:
+    """configs/cpu_quick.yaml writing to experiments/quick_test, then ``overrides``; messages name
+    ``--quick_test`` as the source."""
+    try:
+        raw = read_yaml(shipped_config(QUICK_TEST_CONFIG))
+    except ConfigError as err:
+        raise ConfigError(f"--quick_test: {err}") from None
+    given = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+    overrides = {"training.output_dir": QUICK_TEST_OUTPUT_DIR, **given}
+    return RunConfig.from_dict(raw, source="--quick_test", overrides=overrides)
 
 
 def print_sample(model: Any, tokenizer: Any, device: torch.device, max_new_tokens: int = 200) -> str:
@@ -160,8 +152,6 @@ def train_from_cli(
     ``command``: the command line, recorded in ``<output_dir>/config.yaml``.
     ``found_by_resume``: ``checkpoint`` came from ``--resume``, not ``--checkpoint PATH`` (the
     hint for continuing a stopped run names the flag the user gave)."""
-    from nima.distributed import cleanup
-
     started = time.perf_counter()
     try:
         built = build_run(
@@ -176,7 +166,7 @@ def train_from_cli(
             if results.get("stop_signal"):
                 given = None if found_by_resume or checkpoint is None else str(checkpoint)
                 print(continue_hint(results, given), flush=True)
-            if quick_test and trainer.sharded:  # generating would need every rank's shards
+            if quick_test and trainer.checkpointer.sharded:  # generating would need every rank's shards
                 print("sample: skipped (the model is sharded); run nima generate on the checkpoint")
             elif quick_test:
                 print_sample(trainer.raw_model, built.tokenizer, trainer.device)

@@ -1,15 +1,22 @@
-"""What the Trainer shows a person: the progress display and its one-line messages."""
+"""What the Trainer shows a person: the progress display and its one-line messages.
+
+:class:`Console` is the progress line as a callback (rank 0 only) and the way every part of the
+run says a line without breaking a live bar.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
+from nima.config.training import TrainingConfig
+from nima.memory import MemoryPlan
 from nima.runtime import Runtime, is_sharded
-from nima.runtime.memory import MemoryPlan
-from nima.training.callbacks import ProgressPrinter
-from nima.training.config import TrainingConfig
+from nima.training.callbacks import Callback, ProgressPrinter
+from nima.training.view import RunView
 
 
 def make_progress(
@@ -29,6 +36,44 @@ def make_progress(
         every, log_every = max(1, total_steps // 20), config.log_every
         printer.print_frequency = max(log_every, math.ceil(every / log_every) * log_every)
     return printer
+
+
+class Console(Callback):
+    """The progress display (made when training begins, at the step it begins from) and
+    :meth:`say`. Rank 0 shows; the other processes stay quiet."""
+
+    def __init__(self, config: TrainingConfig, is_main: bool, steps_per_epoch: int | None) -> None:
+        self.config, self.is_main, self.steps_per_epoch = config, is_main, steps_per_epoch
+        self.progress: ProgressPrinter | None = None
+
+    def say(self, message: str) -> None:
+        """Print one line (rank 0), above the live bar when there is one."""
+        if not self.is_main:
+            return
+        if self.progress is not None:
+            self.progress.write(message)
+        else:
+            print(message, flush=True)
+
+    def on_train_begin(self, run: RunView) -> None:
+        if self.is_main:
+            self.progress = make_progress(self.config, run.total_steps, run.step, self.steps_per_epoch)
+
+    def on_step(self, run: RunView) -> None:
+        if self.progress is not None:
+            self.progress.on_step(run)
+
+    def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
+        if self.progress is not None:
+            self.progress.on_log(run, metrics)
+
+    def on_epoch_end(self, run: RunView, epoch: int, metrics: dict[str, float]) -> None:
+        if self.progress is not None:
+            self.progress.on_epoch_end(run, epoch, metrics)
+
+    def on_train_end(self, run: RunView, results: Mapping[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.close()
 
 
 def start_lines(

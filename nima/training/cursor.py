@@ -9,12 +9,18 @@ exactly those an uninterrupted run would have seen.
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
+from nima.config.training import TrainingConfig
+from nima.data import set_loader_epoch
+from nima.distributed import DistributedContext
 from nima.errors import ConfigError
 from nima.training.batches import unpack_batch
 
@@ -47,8 +53,6 @@ def position_loader(loader: Any, epoch: int, start_batch: int) -> int:
     """Put ``loader`` at (epoch, start_batch); returns the batches still to skip by hand."""
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_start"):
-        from nima.data import set_loader_epoch
-
         set_loader_epoch(loader, epoch, start_batch=start_batch)
         return 0
     for obj in (getattr(loader, "dataset", None), sampler):
@@ -126,3 +130,52 @@ class DataCursor:
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.tokens_seen = int(state.get("tokens_seen") or 0)
         self._iter = None
+
+
+# ---------------------------------------------------------------------------------- loader facts
+
+
+def batch_shape(loader: Iterable, model: nn.Module) -> tuple[int | None, int | None]:
+    """(sequences per batch, tokens per sequence) as far as the loader and model tell."""
+    seq_len = getattr(getattr(loader, "dataset", None), "max_length", None)
+    if seq_len is None:
+        seq_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+    return getattr(loader, "batch_size", None), seq_len
+
+
+def check_loader(loader: Iterable, config: TrainingConfig, dist: DistributedContext) -> None:
+    """For a loader handed in from Python: ConfigError for ``batch_size: auto`` (which sizes only
+    the loaders Nima builds); a warning when its batches disagree with the config or are not
+    sharded by rank."""
+    if config.batch_size == "auto":
+        raise ConfigError(
+            "training.batch_size: auto sizes the loaders that nima train builds; for a loader of your "
+            "own, find the size with find_max_batch_size(model) and build the loader with it"
+        )
+    batch_size = getattr(loader, "batch_size", None)
+    if batch_size is not None and batch_size != config.batch_size:
+        warnings.warn(
+            f"TrainingConfig.batch_size={config.batch_size} but the train loader yields batches of "
+            f"{batch_size}; the Trainer uses the loader's batches (batch_size only sizes "
+            "the loaders that scripts/train.py builds)",
+            stacklevel=4,
+        )
+    sampler = getattr(loader, "sampler", None)
+    shards = getattr(sampler, "world_size", getattr(sampler, "num_replicas", 1))
+    if dist.enabled and shards != dist.world_size:
+        warnings.warn(
+            "running on several processes but the train loader is not sharded by rank: every "
+            "process sees the same batches; build it with create_dataloader(rank=, world_size=)",
+            stacklevel=4,
+        )
+
+
+def run_length(config: TrainingConfig, batches_per_epoch: int | None) -> tuple[int | None, int]:
+    """(optimizer steps per epoch, total steps): ``max_steps``, else ``num_epochs`` epochs."""
+    accumulation = config.gradient_accumulation_steps
+    per_epoch = math.ceil(batches_per_epoch / accumulation) if batches_per_epoch else None
+    if config.max_steps is not None:
+        return per_epoch, config.max_steps
+    if per_epoch:
+        return per_epoch, config.num_epochs * per_epoch
+    raise ConfigError("the train loader has no length; set training.max_steps")

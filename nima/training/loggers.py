@@ -26,11 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
+from nima.config import TrainingConfig
 from nima.errors import ConfigError
+from nima.reporting import plot as plotting
+from nima.reporting.report import write_report
+from nima.reporting.runs import update_run_info
 from nima.reporting.sample import SAMPLE_TOKENS, generate_sample, sample_settings
 from nima.training.callbacks import Callback, _number
-from nima.training.config import TrainingConfig
+from nima.training.view import RunView
 
 NOT_SCALARS = ("step", "tokens", "time_s", "val_tokens")
 """Record entries that are not curves of their own (x axes, counts)."""
@@ -52,43 +57,28 @@ def _scalars(metrics: Mapping[str, Any], skip: Iterable[str] = NOT_SCALARS) -> d
     return out
 
 
-def evaluation_sample(trainer: Any, max_new_tokens: int = SAMPLE_TOKENS) -> str | None:
+def evaluation_sample(run: RunView, max_new_tokens: int = SAMPLE_TOKENS) -> str | None:
     """A short sample of the model at the current step (generated once per step and cached, so
     every logger shows the same text); None off rank 0, without a tokenizer, for a sharded model
     or a model without ``generate``. A failure to generate is reported once, never raised."""
-    model = getattr(trainer, "raw_model", None)
     if (
-        not trainer.is_main
-        or getattr(trainer, "tokenizer", None) is None
-        or getattr(trainer, "sharded", False)
-        or not callable(getattr(model, "generate", None))
+        not run.is_main
+        or run.tokenizer is None
+        or run.sharded
+        or not callable(getattr(run.model, "generate", None))
     ):
         return None
-    cached = _SAMPLES.get(trainer)
-    if cached is not None and cached[0] == trainer.step:
+    cached = _SAMPLES.get(run)
+    if cached is not None and cached[0] == run.step:
         return cached[1]
     try:
-        text = generate_sample(model, trainer.tokenizer, trainer.device, max_new_tokens)
+        text = generate_sample(run.model, run.tokenizer, run.device, max_new_tokens)
     except Exception as err:  # a sample is a nicety: it must never stop a run
         if cached is None or cached[1] is not None:
-            print(f"note: no generated sample at step {trainer.step} ({type(err).__name__}: {err})")
+            print(f"note: no generated sample at step {run.step} ({type(err).__name__}: {err})")
         text = None
-    _SAMPLES[trainer] = (trainer.step, text)
+    _SAMPLES[run] = (run.step, text)
     return text
-
-
-def run_config(trainer: Any) -> dict[str, Any]:
-    """The run's config as a nested dict: the whole run config when ``nima train`` (the recipe)
-    built the run, else the model's and the training config."""
-    whole = getattr(trainer, "run_config", None)
-    if whole is not None and hasattr(whole, "to_dict"):
-        return whole.to_dict()
-    out: dict[str, Any] = {}
-    model_config = getattr(getattr(trainer, "raw_model", None), "config", None)
-    if hasattr(model_config, "to_dict"):
-        out["model"] = model_config.to_dict()
-    out["training"] = trainer.config.to_dict()
-    return out
 
 
 def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -145,8 +135,7 @@ class TensorBoardLogger(Callback):
     def log_config(self, config: Mapping[str, Any], metrics: Iterable[str] = ("val_loss", "loss")) -> None:
         """The config as a text card and as hyperparameters (the HParams tab links them to
         ``metrics``)."""
-        import yaml
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import hparams  # optional extra: imported when used
 
         writer = self.open()
         text = yaml.safe_dump(dict(config), sort_keys=False)
@@ -161,26 +150,24 @@ class TensorBoardLogger(Callback):
             self.writer.close()
             self.writer = None
 
-    def on_train_begin(self, trainer: Any) -> None:
-        if trainer.is_main:
-            self.open(self.log_dir or Path(trainer.output_dir) / "logs" / "tensorboard")
-            self.log_config(run_config(trainer))
+    def on_train_begin(self, run: RunView) -> None:
+        if run.is_main:
+            self.open(self.log_dir or Path(run.output_dir) / "logs" / "tensorboard")
+            self.log_config(run.config)
 
-    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if trainer.is_main:  # validation figures come with on_evaluate (the final one included)
-            self.log_metrics({k: v for k, v in metrics.items() if not k.startswith("val_")}, trainer.step)
+    def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
+        if run.is_main:  # validation figures come with on_evaluate (the final one included)
+            self.log_metrics({k: v for k, v in metrics.items() if not k.startswith("val_")}, run.step)
 
-    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if not trainer.is_main:
+    def on_evaluate(self, run: RunView, metrics: dict[str, float]) -> None:
+        if not run.is_main:
             return
-        self.log_metrics(metrics, trainer.step)
-        text = evaluation_sample(trainer, self.sample_tokens)
+        self.log_metrics(metrics, run.step)
+        text = evaluation_sample(run, self.sample_tokens)
         if text is not None:  # indented: shown as preformatted text
-            self.open().add_text(
-                "sample", "\n".join("    " + line for line in text.splitlines()), trainer.step
-            )
+            self.open().add_text("sample", "\n".join("    " + line for line in text.splitlines()), run.step)
 
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
+    def on_train_end(self, run: RunView, results: Mapping[str, Any]) -> None:
         self.close()
 
 
@@ -232,18 +219,18 @@ class WandbLogger(Callback):
         self.run: Any = None
         self._samples: list[list[Any]] = []
 
-    def on_train_begin(self, trainer: Any) -> None:
-        if not trainer.is_main:
+    def on_train_begin(self, run: RunView) -> None:
+        if not run.is_main:
             return
         import wandb
 
-        log_dir = Path(self.log_dir or Path(trainer.output_dir) / "logs")
+        log_dir = Path(self.log_dir or Path(run.output_dir) / "logs")
         log_dir.mkdir(parents=True, exist_ok=True)
         kwargs = {
             "project": self.project or os.environ.get("WANDB_PROJECT") or "nima",
-            "name": self.name or Path(trainer.output_dir).resolve().name,
+            "name": self.name or Path(run.output_dir).resolve().name,
             "dir": str(log_dir),
-            "config": run_config(trainer),
+            "config": run.config,
             "mode": wandb_mode(),
             "settings": wandb.Settings(console="off"),  # leave the progress display alone
             **self.init_kwargs,
@@ -254,24 +241,24 @@ class WandbLogger(Callback):
         if self.run is not None and values:
             self.run.log(dict(values), step=step)
 
-    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
         # tokens and time_s go too: W&B can draw any logged value as the x axis
         values = _scalars({k: v for k, v in metrics.items() if not k.startswith("val_")}, skip=("step",))
-        self._log(values, trainer.step)
+        self._log(values, run.step)
 
-    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, run: RunView, metrics: dict[str, float]) -> None:
         if self.run is None:
             return
         import wandb
 
         values: dict[str, Any] = _scalars(metrics, skip=("step",))
-        text = evaluation_sample(trainer, self.sample_tokens)
+        text = evaluation_sample(run, self.sample_tokens)
         if text is not None:
-            self._samples.append([trainer.step, text])
+            self._samples.append([run.step, text])
             values["samples"] = wandb.Table(columns=["step", "sample"], data=[list(r) for r in self._samples])
-        self._log(values, trainer.step)
+        self._log(values, run.step)
 
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
+    def on_train_end(self, run: RunView, results: Mapping[str, Any]) -> None:
         if self.run is None:
             return
         self.run.summary.update({k: v for k, v in _scalars(dict(results), skip=()).items()})
@@ -300,9 +287,7 @@ class RunReport(Callback):
     """What a drawing is assumed to take before one was timed."""
 
     def __init__(self, plot: bool | None = None, report: bool = True, sample_tokens: int = SAMPLE_TOKENS):
-        from nima.reporting.plot import plots_available
-
-        self.plot = plots_available() if plot is None else plot
+        self.plot = plotting.plots_available() if plot is None else plot
         self.report = report
         self.sample_tokens = sample_tokens
         self._logged = 0
@@ -310,83 +295,75 @@ class RunReport(Callback):
         self._draw_s = 0.0  # the last drawing's seconds
         self._drawing_s = 0.0  # all drawings' seconds
 
-    def _draw(self, trainer: Any) -> None:
-        from nima.reporting.plot import PLOT_FILE, plot_runs
-
-        metrics_file = Path(trainer.output_dir) / "logs" / "metrics.jsonl"
+    def _draw(self, run: RunView) -> None:
+        metrics_file = Path(run.output_dir) / "logs" / "metrics.jsonl"
         if not self.plot or not metrics_file.is_file():
             return
         started = time.perf_counter()
-        with trainer.meter.overhead():
+        with run.overhead():
             try:
-                plot_runs([trainer.output_dir], Path(trainer.output_dir) / PLOT_FILE)
+                plotting.plot_runs([run.output_dir], Path(run.output_dir) / plotting.PLOT_FILE)
             except Exception as err:  # a picture must never stop (or fail) a run
-                print(f"note: {PLOT_FILE} not drawn ({type(err).__name__}: {err})")
+                print(f"note: {plotting.PLOT_FILE} not drawn ({type(err).__name__}: {err})")
                 self.plot = False
         self._draw_s = time.perf_counter() - started
         self._drawing_s += self._draw_s
         self._plotted_at = self._logged
 
-    def on_train_begin(self, trainer: Any) -> None:
-        if not trainer.is_main or not self.report:
+    def on_train_begin(self, run: RunView) -> None:
+        if not run.is_main or not self.report:
             return
-        from nima.reporting.runs import update_run_info
-
-        device = trainer.device
+        device = run.device
         if device.type == "cuda":
             device_name = torch.cuda.get_device_name(device)
         else:
             device_name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-        dataset = getattr(trainer.train_dataloader, "dataset", None)
-        prepared = getattr(dataset, "prepared_path", None)
+        prepared = run.prepared_path
         update_run_info(
-            trainer.output_dir,
+            run.output_dir,
             started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             device=str(device),
             device_name=device_name,
-            precision=trainer.precision.name,
-            precision_reason=trainer.precision.reason,
+            precision=run.precision.name,
+            precision_reason=run.precision.reason,
             torch=torch.__version__,
             python=platform.python_version(),
-            world_size=trainer.dist.world_size,
-            parameters=sum(p.numel() for p in trainer.raw_model.parameters()),
+            world_size=run.world_size,
+            parameters=run.parameters,
             prepared_path=str(prepared) if prepared is not None else None,
-            config=run_config(trainer),
+            config=run.config,
             results=None,  # until this run ends (an earlier run's must not pass for its)
             sample=None,
             sample_step=None,
         )
 
-    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
         self._logged += 1
-        if trainer.is_main and "val_loss" in metrics:  # an evaluation: the file now has it
+        if run.is_main and "val_loss" in metrics:  # an evaluation: the file now has it
             next_drawing = self._draw_s or self.first_drawing_s
-            if self._drawing_s + next_drawing <= self.budget * trainer.meter.train_s:
-                self._draw(trainer)
+            if self._drawing_s + next_drawing <= self.budget * run.train_seconds:
+                self._draw(run)
 
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
-        if not trainer.is_main:
+    def on_train_end(self, run: RunView, results: Mapping[str, Any]) -> None:
+        if not run.is_main:
             return
         if self._logged > self._plotted_at:
-            self._draw(trainer)
+            self._draw(run)
         if not self.report:
             return
-        from nima.reporting.report import write_report
-        from nima.reporting.runs import update_run_info
-
-        text = evaluation_sample(trainer, self.sample_tokens)
+        text = evaluation_sample(run, self.sample_tokens)
         try:
             update_run_info(
-                trainer.output_dir,
+                run.output_dir,
                 results=dict(results),
                 sample=text,
-                sample_step=trainer.step if text is not None else None,
+                sample_step=run.step if text is not None else None,
                 sample_settings=sample_settings(self.sample_tokens) if text is not None else None,
             )
-            write_report(trainer.output_dir)
+            write_report(run.output_dir)
         except Exception as err:  # the run itself is done and saved: say so, do not fail it
             why = f"{type(err).__name__}: {err}"
-            print(f"note: report.md not written ({why}); try: nima report {trainer.output_dir}")
+            print(f"note: report.md not written ({why}); try: nima report {run.output_dir}")
 
 
 # ---------------------------------------------------------------------------------- for the Trainer
@@ -410,6 +387,5 @@ __all__ = [
     "evaluation_sample",
     "flat_config",
     "monitoring_callbacks",
-    "run_config",
     "wandb_mode",
 ]

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from nima.checkpoint import newest_checkpoint
+from nima.config import TrainingConfig
 from nima.distributed import all_reduce_sum
 from nima.errors import TrainingDivergedError
-from nima.runtime.memory import _status_bytes
-from nima.training.config import TrainingConfig
+from nima.memory.system import process_bytes
 from nima.training.guard import GuardReport, NonfiniteGuard
 from nima.training.mfu import mfu
 from nima.training.step import StepOutput
@@ -87,7 +87,7 @@ def peak_memory_gib(device: torch.device | None) -> float | None:
     resident set's high-water mark (Linux; None elsewhere)."""
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1024**3
-    peak = _status_bytes("VmHWM")
+    peak = process_bytes("VmHWM")
     return None if peak is None else peak / 1024**3
 
 

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from nima.config.training import TrainingConfig
+from nima.config_fields import suggest
 from nima.errors import ConfigError
 
 OPTIMIZER_TYPES = ("adamw", "adam", "sgd", "adamw_scale")
@@ -134,8 +136,6 @@ def get_optimizer(
     ``adamw_scale`` (:class:`AdamWScale`). Extra keyword arguments go to the optimizer class.
     """
     if optimizer_type not in OPTIMIZER_TYPES:
-        from nima.config_fields import suggest
-
         raise ConfigError(
             f"optimizer_type must be one of {', '.join(OPTIMIZER_TYPES)}, "
             f"got {optimizer_type!r}{suggest(str(optimizer_type), OPTIMIZER_TYPES)}"
@@ -151,3 +151,16 @@ def get_optimizer(
     if optimizer_type == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, **{**impl, **kwargs})
     return AdamWScale(groups, lr=learning_rate, betas=tuple(betas), eps=eps, **kwargs)
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` asks for (``optimizer_type`` and its settings)."""
+    return get_optimizer(
+        model,
+        config.optimizer_type,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        betas=config.betas,
+        eps=config.eps,
+        momentum=config.momentum,
+    )

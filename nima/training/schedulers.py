@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from nima.config.training import TrainingConfig
+from nima.config_fields import suggest
 from nima.errors import ConfigError
 
 SCHEDULER_TYPES = ("cosine", "linear", "constant", "cosine_restarts")
@@ -67,8 +69,6 @@ def get_scheduler(
     ``min_lr`` is absolute (the same floor for every parameter group).
     """
     if scheduler_type not in SCHEDULER_TYPES:
-        from nima.config_fields import suggest
-
         raise ConfigError(
             f"scheduler_type must be one of {', '.join(SCHEDULER_TYPES)}, "
             f"got {scheduler_type!r}{suggest(str(scheduler_type), SCHEDULER_TYPES)}"
@@ -91,6 +91,20 @@ def get_scheduler(
 
     peaks = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
     return LambdaLR(optimizer, [for_group(p) for p in peaks])
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule ``config`` asks for, over ``total_steps`` optimizer steps."""
+    return get_scheduler(
+        optimizer,
+        config.lr_scheduler_type,
+        num_training_steps=total_steps,
+        num_warmup_steps=config.warmup_steps,
+        min_lr=config.min_lr,
+        num_cycles=config.lr_num_cycles,
+    )
 
 
 def follow_changed_schedule(scheduler: Any, checkpoint: str | Path) -> str | None:

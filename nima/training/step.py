@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from nima.distributed import no_sync
+from nima.memory.heap import keep_freed_memory
 from nima.runtime import Runtime, loss_only
-from nima.runtime.heap import keep_freed_memory
 from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
 from nima.training.guard import NonfiniteGuard
 

@@ -8,9 +8,11 @@
 ``validator``       when to evaluate, the validation loss, the best one so far
 ``checkpointer``    what to save when, atomic and background writes, loading
 ``memory_watch``    on a CPU: save and stop before the machine runs out of memory
-callbacks           metrics.jsonl, the progress display, early stopping, your own hooks
+callbacks           metrics.jsonl, the progress display, early stopping, your own hooks:
+                    each gets a RunView (``view``), never the Trainer
 ==================  =================================================================
 
+The parts are built by :func:`nima.training.assembly.assemble`; the Trainer holds them.
 :meth:`Trainer.train` reads top to bottom: take a window, train on it, log / evaluate / save as
 the step count says, close the epoch when it ends, stop when asked.
 """
@@ -25,24 +27,17 @@ import torch
 from torch import nn
 
 from nima.checkpoint import newest_checkpoint
+from nima.config import RunConfig, TrainingConfig
 from nima.errors import ConfigError
-from nima.runtime import Runtime, seed_everything, unwrap_model
-from nima.runtime.heap import release_freed_memory
-from nima.training import setup
-from nima.training.callbacks import EarlyStopping, MetricsTracker, ProgressPrinter
-from nima.training.checkpointer import Checkpointer
-from nima.training.config import TrainingConfig
-from nima.training.console import make_progress, start_lines
-from nima.training.cursor import DataCursor, Window
-from nima.training.loggers import monitoring_callbacks
-from nima.training.memory_watch import MemoryWatch
-from nima.training.meter import Meter, diverged_error
-from nima.training.mfu import peak_flops_for
-from nima.training.preemption import StopSignal
+from nima.memory import out_of_memory
+from nima.memory.heap import release_freed_memory
+from nima.models import ModelConfig
+from nima.runtime import Runtime, unwrap_model
+from nima.training.assembly import RunParts, assemble
+from nima.training.console import start_lines
+from nima.training.cursor import Window, batch_shape
+from nima.training.meter import diverged_error
 from nima.training.results import TrainResults
-from nima.training.run_folder import set_aside_earlier_run
-from nima.training.step import TrainStep
-from nima.training.validator import Validator
 
 
 class Trainer:
@@ -53,8 +48,10 @@ class Trainer:
     labels=labels)`` and must return an object with ``.loss`` (or the loss tensor itself).
 
     Args:
-        model: the model (moved to the configured device; wrapped in DDP under torchrun).
-        config: a :class:`TrainingConfig` (defaults when None).
+        model: the model (moved to the configured device; wrapped in DDP under torchrun). Its
+            weights are kept as they are: seed before building it for a run you can repeat.
+        config: a :class:`TrainingConfig` (defaults when None). ``config.seed`` and the rank
+            seed the run's random streams (data order, dropout).
         train_dataloader: the training loader; under torchrun it should be sharded by rank
             (``create_dataloader(..., rank=, world_size=)``).
         eval_dataloader: optional validation loader; ``config.eval_batches`` batches per evaluation.
@@ -63,15 +60,18 @@ class Trainer:
         optimizer, scheduler: use these instead of building them from the config.
         runtime: the :class:`~nima.runtime.Runtime` to train with (default: decided from the
             config's device and precision).
+        parts: a run already assembled (:func:`nima.training.assembly.assemble`); then no other
+            argument is given.
 
-    Before anything runs, the memory a step needs is planned against what the device has
-    (:mod:`nima.runtime.memory`); a run that would not fit is refused with a ConfigError that
-    gives the figures and the fixes.
+    The run is built by :func:`~nima.training.assembly.assemble`, as ``nima train`` builds its
+    own: before anything runs, the memory a step needs is planned against what the device has
+    (:mod:`nima.memory`); a run that would not fit is refused with a ConfigError that gives the
+    figures and the fixes.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | None = None,
         config: TrainingConfig | None = None,
         train_dataloader: Iterable | None = None,
         eval_dataloader: Iterable | None = None,
@@ -80,63 +80,46 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         runtime: Runtime | None = None,
+        *,
+        parts: RunParts | None = None,
     ) -> None:
-        self.config = config = config if config is not None else TrainingConfig()
-        if not isinstance(config, TrainingConfig):
-            raise ConfigError(f"config must be a TrainingConfig, got {type(config).__name__}")
-        if train_dataloader is None:
-            raise ConfigError("Trainer needs a train_dataloader (see create_dataloader)")
-        setup.check_output_dir(config.output_dir)  # now, not at the first save
-        self.train_dataloader, self.eval_dataloader = train_dataloader, eval_dataloader
-        self.tokenizer = tokenizer
-        self.raw_model = unwrap_model(model)
-        self.batch_size, self.seq_len = setup.batch_shape(train_dataloader, self.raw_model)
-        self.runtime = runtime or Runtime.for_training(
-            config.device,
-            config.precision,
-            config.use_mixed_precision,
-            bf16_benchmark=setup.bf16_benchmark(self.raw_model, self.batch_size, self.seq_len),
-        )
-        seed_everything(config.seed + self.runtime.dist.rank)
-        setup.warn_about_loader(train_dataloader, config, self.batch_size, self.dist)
-        self.memory_plan = setup.plan_memory(
-            self.raw_model, config, self.batch_size, self.seq_len, self.runtime
-        )
-        self.model = self.runtime.prepare_model(self.raw_model, config.distributed_strategy, config.compile)
-        self.cursor = DataCursor(train_dataloader, config.gradient_accumulation_steps, self.dist.world_size)
-        self.steps_per_epoch = setup.steps_per_epoch(
-            self.cursor.batches_per_epoch, config.gradient_accumulation_steps
-        )
-        self.total_steps = setup.total_steps(config, self.steps_per_epoch)
-        self.optimizer = optimizer or setup.build_optimizer(self.raw_model, config)
-        self.scheduler = scheduler or setup.build_scheduler(self.optimizer, config, self.total_steps)
-        params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        self.train_step = TrainStep(
-            self.model, self.optimizer, self.scheduler, self.runtime, config.gradient_clip, params
-        )
-        flops = getattr(self.raw_model, "estimate_flops_per_token", None)
-        self.flops_per_token = float(flops(self.seq_len)) if callable(flops) and self.seq_len else None
-        self.peak_flops = peak_flops_for(self.device, self.precision.name, config.peak_flops)
-        self.meter = Meter(
-            self.flops_per_token, self.peak_flops, self.dist.world_size, self.device, lambda: self.tokens_seen
-        )
-        self.validator = Validator(
-            self.raw_model, eval_dataloader, self.runtime, config.eval_every, config.eval_batches
-        )
-        self.output_dir = Path(config.output_dir)
-        self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.log_dir = self.output_dir / "logs"
-        self.metrics = MetricsTracker(self.log_dir if self.is_main else None)
-        self.callbacks: list[Any] = list(callbacks or [])
-        self.callbacks += monitoring_callbacks(config, self.callbacks)  # report_to, loss.png, report.md
-        self.early_stopping = self._early_stopping()
-        self.checkpointer = self._make_checkpointer()
-        self.step = 0
-        self.should_stop = False
-        self.stop_reason: str | None = None
-        self.progress: ProgressPrinter | None = None
-        self._stop = StopSignal()
-        self.memory_watch = MemoryWatch(self.device)
+        if parts is None:
+            config = config if config is not None else TrainingConfig()
+            if not isinstance(config, TrainingConfig):
+                raise ConfigError(f"config must be a TrainingConfig, got {type(config).__name__}")
+            if model is None or train_dataloader is None:
+                raise ConfigError("Trainer needs a model and a train_dataloader (see create_dataloader)")
+            model_config = getattr(unwrap_model(model), "config", None)
+            run = RunConfig(
+                model=model_config if isinstance(model_config, ModelConfig) else ModelConfig(),
+                training=config,
+            )
+            parts = assemble(
+                run,
+                model=model,
+                loaders=(train_dataloader, eval_dataloader),
+                tokenizer=tokenizer,
+                callbacks=callbacks or (),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                runtime=runtime,
+            )
+        self.parts = parts
+        # The parts, by name (the loop reads them; tests and notebooks look at some).
+        self.config = parts.config.training
+        self.runtime = parts.runtime
+        self.model, self.raw_model = parts.model, parts.raw_model
+        self.tokenizer = parts.tokenizer
+        self.train_dataloader, self.eval_dataloader = parts.train_loader, parts.eval_loader
+        self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
+        self.cursor, self.train_step, self.meter = parts.cursor, parts.train_step, parts.meter
+        self.validator, self.checkpointer = parts.validator, parts.checkpointer
+        self.memory_plan, self.memory_watch = parts.memory_plan, parts.memory_watch
+        self.callbacks, self.view = parts.callbacks, parts.view
+        self.total_steps, self.steps_per_epoch = parts.total_steps, parts.steps_per_epoch
+        self.output_dir = parts.folder.path
+        self.checkpoint_dir = parts.folder.checkpoints
+        self._state, self._stop, self._console = parts.state, parts.stop_signal, parts.console
         self._last_finite_step = 0
 
     # ------------------------------------------------------------------ the loop
@@ -156,13 +139,13 @@ class Trainer:
         default), or a nan or inf loss, TrainingDivergedError is raised at the next logging or
         saving step, before anything from the broken steps is logged or saved. On a CPU whose
         free memory falls under a floor between steps, ``step_N.pt`` is saved and ConfigError
-        raised (see training/memory_watch.py): the run resumes from it.
+        raised (see nima/memory/watch.py): the run resumes from it.
         """
         start_step = self.step
         self._begin()
         completed = False
         try:
-            while self.step < self.total_steps and not self.should_stop:
+            while self.step < self.total_steps and not self._state.stop_requested:
                 window = self.cursor.next_window()
                 if window.batches:
                     self._train_on(window)
@@ -174,8 +157,8 @@ class Trainer:
                     if self.config.max_steps is None and self.cursor.epoch >= self.config.num_epochs:
                         break
                 if window.batches and self._stop.agreed(self.step, self.config.log_every, self.device):
-                    self.should_stop = True
-                    self.stop_reason = (
+                    self._state.stop_requested = True
+                    self._state.stop_reason = (
                         f"stopped by {self._stop.name} at step {self.step}; resume from the checkpoint"
                     )
             self._finish(start_step)
@@ -184,7 +167,7 @@ class Trainer:
             self._interrupted(start_step)
             raise
         except torch.OutOfMemoryError:  # a GPU that ran out raises (a CPU's process is killed)
-            raise ConfigError(setup.out_of_memory(self.step, self.memory_plan)) from None
+            raise ConfigError(out_of_memory(self.step, self.memory_plan)) from None
         finally:
             self._stop.uninstall()
             with self.meter.overhead():
@@ -197,14 +180,14 @@ class Trainer:
         output = self.train_step(window.batches)
         self.step += 1
         self.meter.record(output, window.tokens, self.step)
-        self._call("on_step", self)
+        self._call("on_step")
 
     def _log_evaluate_save(self) -> None:
         """Log, evaluate and save as the step count says."""
         step = self.step
         do_eval = self.validator.due(step)
         do_log = step % self.config.log_every == 0 or step >= self.total_steps or do_eval
-        do_save = self.checkpointer.due(step)
+        do_save = self.checkpointer.due(step) or self._state.save_requested
         if not (do_log or do_save):
             return
         self._check_numerics()
@@ -214,9 +197,9 @@ class Trainer:
         if do_eval:
             record.update(self._validate())
         if do_log:
-            self._call("on_log", self, record)
-            self._call("on_step_end", self, record)
+            self._log(record)
         if do_save:
+            self._state.save_requested = False
             with self.meter.overhead():
                 self.save_checkpoint(f"step_{step}")
 
@@ -226,7 +209,7 @@ class Trainer:
             metrics["train_loss"] = self.meter.last_loss
         if self.validator.last_val_loss is not None:
             metrics["val_loss"] = self.validator.last_val_loss
-        self._call("on_epoch_end", self, self.cursor.epoch, metrics)
+        self._call("on_epoch_end", self.cursor.epoch, metrics)
         if self.config.save_epoch_checkpoints:
             self._check_numerics()
             with self.meter.overhead():
@@ -238,7 +221,7 @@ class Trainer:
             metrics, improved = self.validator.validate(self.step)
             if improved:
                 self.save_checkpoint("best_model")
-            self._call("on_evaluate", self, metrics)
+            self._call("on_evaluate", metrics)
         return metrics
 
     def _finish(self, start_step: int) -> None:
@@ -247,7 +230,7 @@ class Trainer:
         trained = self.step > start_step
         evaluated_now = self.validator.last_step == self.step
         if self.validator.enabled and trained and not evaluated_now and not self._stop.signum:
-            self._call("on_log", self, self._validate())  # the same figures as a mid-run evaluation
+            self._log(self._validate())  # the same figures as a mid-run evaluation
         if trained and self.checkpointer.last_saved_step != self.step:
             self._check_numerics()
             with self.meter.overhead():
@@ -256,21 +239,21 @@ class Trainer:
     # ------------------------------------------------------------------ start, stop, results
 
     def _begin(self) -> None:
-        self.should_stop, self.stop_reason = False, None
+        self._state.stop_requested, self._state.stop_reason = False, None
         self._last_finite_step = self.step
-        if self.is_main:
-            self.progress = make_progress(self.config, self.total_steps, self.step, self.steps_per_epoch)
+        if self.is_main:  # a new run sets an earlier one aside; config.yaml
+            parts = self.parts
+            config = parts.config if parts.from_run_config else None
+            parts.folder.begin(self.step, self._say, config, parts.command)
         n_params = sum(p.numel() for p in self.train_step.params)
         for line in start_lines(
-            n_params, self.runtime, self.step, self.epoch, self.batch_in_epoch, self.config.compile,
+            n_params, self.runtime, self.step, self.epoch, self.cursor.batch_in_epoch, self.config.compile,
             self.memory_plan, self.raw_model, self.validator.coverage,
         ):  # fmt: skip
             self._say(line)
-        if self.is_main and self.step == 0 and (note := set_aside_earlier_run(self.output_dir)):
-            self._say(note)  # a new run in a folder an earlier one left: nothing of it is lost
         for leftover in self.checkpointer.remove_leftovers():
             self._say(f"removed {leftover.name}: a checkpoint that a killed run did not finish writing")
-        self._call("on_train_begin", self)
+        self._call("on_train_begin")
         self.meter.start()
         self.raw_model.train()
         self._stop.install()  # uninstalled when train() ends
@@ -304,16 +287,16 @@ class Trainer:
             tokens_per_s=meter.tokens / wall if wall > 0 else 0.0,
             train_tokens_per_s=meter.tokens / max(wall - meter.overhead_s, 1e-9),
             precision=self.precision.name,
-            stopped_early=self.stop_reason is not None,
-            stop_reason=self.stop_reason,
+            stopped_early=self._state.stop_reason is not None,
+            stop_reason=self._state.stop_reason,
             last_checkpoint=str(last) if last else None,
             output_dir=str(self.output_dir),
             stop_signal=self._stop.name,
             skipped_steps=self.meter.skipped_steps,
         )
-        if self.stop_reason:
-            self._say(self.stop_reason)
-        self._call("on_train_end", self, results)
+        if self._state.stop_reason:
+            self._say(self._state.stop_reason)
+        self._call("on_train_end", results)
         return results
 
     def _check_numerics(self) -> None:
@@ -349,7 +332,7 @@ class Trainer:
         """
         path = self.checkpointer.save(name, self.step, all_ranks=all_ranks)
         if self.is_main:
-            self._call("on_save", self, path)
+            self._call("on_save", path)
         return path
 
     def checkpoint_state(self, gathered: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -370,27 +353,47 @@ class Trainer:
         disk; raises the error if writing it failed. ``train()`` does this before it returns."""
         self.checkpointer.wait()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The Trainer's own share of a checkpoint: the step count."""
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-
     # ------------------------------------------------------------------ views
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done."""
+        return self._state.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._state.step = value
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether a stop was asked for (by a callback's ``run.request_stop()``, or a signal)."""
+        return self._state.stop_requested
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the last ``train()`` stopped before its end (None when it ran to the end)."""
+        return self._state.stop_reason
+
+    @property
+    def batch_size(self) -> int | None:
+        """Sequences per micro-batch, as the train loader yields them."""
+        return batch_shape(self.train_dataloader, self.raw_model)[0]
+
+    @property
+    def seq_len(self) -> int | None:
+        """Tokens per sequence, as far as the loader and model tell."""
+        return batch_shape(self.train_dataloader, self.raw_model)[1]
 
     device = property(lambda self: self.runtime.device, doc="The device training runs on.")
     precision = property(lambda self: self.runtime.precision, doc="The PrecisionChoice of this run.")
     dist = property(lambda self: self.runtime.dist, doc="This process's place in the torchrun job.")
     is_main = property(lambda self: self.runtime.is_main, doc="Rank 0: the process that logs and writes.")
     sharded = property(lambda self: self.checkpointer.sharded, doc="Whether FSDP2 shards the model.")
-    scaler = property(lambda self: self.train_step.scaler, doc="The fp16 GradScaler (None otherwise).")
     epoch = property(lambda self: self.cursor.epoch, doc="Epochs completed.")
     batch_in_epoch = property(lambda self: self.cursor.batch_in_epoch, doc="Position in the epoch.")
+    peak_flops = property(lambda self: self.meter.peak_flops, doc="The device's peak FLOP/s used for MFU.")
     tokens_seen = property(lambda self: self.cursor.tokens_seen, doc="Training tokens so far, all ranks.")
-    batches_per_epoch = property(lambda self: self.cursor.batches_per_epoch)
     best_val_loss = property(lambda self: self.validator.best_val_loss, doc="inf before any evaluation.")
-    last_val_loss = property(lambda self: self.validator.last_val_loss)
     overhead_seconds = property(
         lambda self: self.meter.overhead_s,
         doc="Seconds the current (or last) ``train()`` has spent evaluating and saving checkpoints: "
@@ -398,47 +401,17 @@ class Trainer:
     )
     stop_signal = property(lambda self: self._stop.signum, doc="SIGTERM or SIGINT: what stopped train().")
 
-    # ------------------------------------------------------------------ set-up helpers
-
-    def _early_stopping(self) -> EarlyStopping | None:
-        found = next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
-        if found is None and self.config.early_stopping_patience:
-            found = EarlyStopping(self.config.early_stopping_patience, self.config.early_stopping_min_delta)
-            self.callbacks.append(found)
-        return found
-
-    def _make_checkpointer(self) -> Checkpointer:
-        checkpointer = Checkpointer(
-            self.checkpoint_dir,
-            self.raw_model,
-            self.optimizer,
-            self.runtime,
-            save_every=self.config.save_every,
-            keep_last=self.config.keep_last_checkpoints,
-            async_write=self.config.async_checkpoint,
-            metadata=lambda: setup.run_metadata(
-                self.raw_model, self.config, self.train_dataloader, self.tokenizer
-            ),
-        )
-        for component in (self, self.cursor, self.validator):
-            checkpointer.register(component)
-        checkpointer.register(self.scheduler, "scheduler")
-        checkpointer.register(self.train_step.scaler, "scaler")
-        checkpointer.register(self.early_stopping, "early_stopping")
-        return checkpointer
-
     # ------------------------------------------------------------------ output
 
+    def _log(self, record: dict[str, Any]) -> None:
+        self._state.metrics = record
+        self._call("on_log", record)
+
     def _call(self, hook: str, *args: Any) -> None:
-        for callback in (self.metrics, *([self.progress] if self.progress else ()), *self.callbacks):
+        for callback in (self.parts.metrics, self._console, *self.callbacks):
             method = getattr(callback, hook, None)
             if method is not None:
-                method(*args)
+                method(self.view, *args)
 
     def _say(self, message: str) -> None:
-        if not self.is_main:
-            return
-        if self.progress is not None:
-            self.progress.write(message)
-        else:
-            print(message, flush=True)
+        self._console.say(message)

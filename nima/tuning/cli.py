@@ -14,6 +14,7 @@ import sys
 from nima.cli import CommandParser
 from nima.config import parse_overrides
 from nima.tuning.space import FORMS
+from nima.tuning.sweep import import_optuna, run_sweep
 
 EPILOG = """\
 search space (--space, repeatable; a KEY of any config section, its type taken from the field):
@@ -107,12 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = build_parser().parse_known_args(argv)
     overrides = parse_overrides(rest)
-    from nima.tuning.sweep import import_optuna, run_sweep
-
     import_optuna()  # the one-line error before anything else
     if not args.no_plots:
         try:
-            import matplotlib
+            import matplotlib  # an optional extra, imported only when plots are wanted
 
             matplotlib.use("Agg")  # files only, never a window
         except ImportError:

@@ -76,6 +76,7 @@ class Dimension:
 
     def distribution(self) -> Any:
         """The Optuna distribution of this dimension."""
+        # optuna is an optional extra: imported only when a sweep runs, not to parse a space.
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if self.kind == "choice":
