@@ -1,10 +1,11 @@
 """Child process of ``compare_reference.py``: Nima's Trainer at exactly the reference's shape.
 
-The model, batch, precision and optimizer settings are those of ``reference_gpt.py`` (4 layers,
-4 heads, d_model 128, d_ff 512, context 64, batch 12, gpt2 family with biases and tied
-embeddings, fp32, AdamW lr 1e-3 with betas (0.9, 0.99), weight decay 0.1, warmup 100 and cosine
-to 1e-4, clipping at 1.0). Everything else stays at ``TrainingConfig``'s defaults, so logging,
-the progress display, periodic evaluation and checkpoints all run at their default frequency.
+The model, batch, precision and optimizer settings are those of ``reference_gpt.py``
+(``REFERENCE_SHAPE`` in ``common.py``: 4 layers, 4 heads, d_model 128, d_ff 512, context 64,
+batch 12, gpt2 family with biases and tied embeddings, fp32, AdamW lr 1e-3 with betas
+(0.9, 0.99), weight decay 0.1, warmup 100 and cosine to 1e-4, clipping at 1.0). Everything
+else stays at ``TrainingConfig``'s defaults, so logging, the progress display, periodic
+evaluation and checkpoints all run at their default frequency.
 
 Tokens/s is steady state: wall time from the end of step ``warmup`` (20, like the reference's
 untimed warm-up) to the end of ``trainer.train()``; evaluation and checkpoint time are INCLUDED.
@@ -24,38 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-# The reference recipe, as Nima config sections (shape, batch and optimizer settings).
-REFERENCE_SHAPE: dict[str, dict[str, Any]] = {
-    "model": {
-        "arch": "gpt2",
-        "vocab_size": 65,
-        "d_model": 128,
-        "n_heads": 4,
-        "n_layers": 4,
-        "d_ff": 512,
-        "max_seq_len": 64,
-        "dropout": 0.0,
-        "bias": True,
-        "tie_embeddings": True,
-    },
-    "training": {
-        "batch_size": 12,
-        "learning_rate": 1e-3,
-        "min_lr": 1e-4,
-        "warmup_steps": 100,
-        "lr_scheduler_type": "cosine",
-        "weight_decay": 0.1,
-        "betas": [0.9, 0.99],
-        "gradient_clip": 1.0,
-        "precision": "fp32",
-        "device": "cpu",
-    },
-    "data": {"dataset": "tiny_shakespeare", "tokenizer": "char"},
-}
+from common import reference_shape
 
 
 class SteadyStateTimer:
@@ -73,21 +43,21 @@ class SteadyStateTimer:
         self.overhead_s = 0.0
         self.faults = 0
 
-    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if self.start is None and trainer.step >= self.warmup:
-            self.start, self.start_step = time.perf_counter(), trainer.step
-            self.overhead_at_start = trainer.overhead_seconds
+    def on_log(self, run: Any, metrics: dict[str, float]) -> None:
+        if self.start is None and run.step >= self.warmup and "loss" in metrics:  # a logging step
+            self.start, self.start_step = time.perf_counter(), run.step
+            self.overhead_at_start = run.overhead_seconds
             self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, run: Any, metrics: dict[str, float]) -> None:
         self.evals += 1
 
-    def on_save(self, trainer: Any, path: Path) -> None:
+    def on_save(self, run: Any, path: Path) -> None:
         self.saves += 1
 
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
+    def on_train_end(self, run: Any, results: dict[str, Any]) -> None:
         self.end = time.perf_counter()
-        self.overhead_s = trainer.overhead_seconds - self.overhead_at_start
+        self.overhead_s = run.overhead_seconds - self.overhead_at_start
         self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults
 
 
@@ -98,7 +68,7 @@ def run(steps: int, warmup: int, data_dir: str, output_dir: str, overrides: list
     from nima.config import RunConfig
     from nima.training.recipe import build_run
 
-    raw = {section: dict(values) for section, values in REFERENCE_SHAPE.items()}
+    raw = reference_shape()
     raw["training"].update(max_steps=steps, output_dir=output_dir)
     raw["data"]["data_dir"] = data_dir
     run_config = RunConfig.from_dict(raw, source="reference shape", overrides=overrides)

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import machine
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nima.models import GPT, ModelConfig  # noqa: E402
-from nima.training import Trainer, TrainingConfig  # noqa: E402
+from nima.models import GPT, ModelConfig
+from nima.training import Trainer, TrainingConfig
 
 
 def stall_seconds(background: bool, args: argparse.Namespace, out: Path) -> dict[str, float]:
@@ -64,7 +61,7 @@ def main() -> None:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
     sync, background = results
     ratio = sync["median_stall_s"] / max(background["median_stall_s"], 1e-9)
-    print(json.dumps({"stall_ratio_sync_vs_async": round(ratio, 1)}))
+    print(json.dumps({"stall_ratio_sync_vs_async": round(ratio, 1), "machine": machine()}))
 
 
 if __name__ == "__main__":

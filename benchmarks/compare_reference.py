@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
+from common import ROOT, find_reference, find_text, fmt, machine, script, summary, utc_now
+
 DEFAULT_RECIPE = "configs/tiny_shakespeare_char_fast.yaml"
 TARGET_LOSS = 1.88
 # What the throughput comparison holds equal: --nima_option may not change these.
@@ -59,33 +57,12 @@ FIXED_BY_REFERENCE = (
 )
 
 
-# ---------------------------------------------------------------------------------- locating
-
-
-def shared_dir() -> Path:
-    """``$NIMA_SHARED_DIR`` or the ``shared`` folder next to the checkout."""
-    env = os.environ.get("NIMA_SHARED_DIR")
-    return Path(env) if env else ROOT.parent / "shared"
-
-
-def find_reference(explicit: str | None) -> Path:
-    path = Path(explicit) if explicit else shared_dir() / "bench" / "reference_gpt.py"
-    if not path.is_file():
-        raise SystemExit(f"reference not found at {path}; pass --reference or set NIMA_SHARED_DIR")
-    return path
-
-
-def find_text(explicit: str | None) -> Path:
-    path = Path(explicit) if explicit else shared_dir() / "data" / "tiny_shakespeare" / "input.txt"
-    if not path.is_file():
-        raise SystemExit(f"tiny Shakespeare not found at {path}; pass --text")
-    return path
+# ---------------------------------------------------------------------------------- data
 
 
 def prepare_data(text: Path, data_dir: Path) -> Path:
     """Prepare char-level tiny Shakespeare from ``text`` (before any timing); returns its folder."""
     os.environ.setdefault("NIMA_DATA_MIRROR", str(text.parent.parent))
-    sys.path.insert(0, str(ROOT))
     from nima.data import prepare
 
     return prepare("tiny_shakespeare", "char", data_dir=data_dir).path
@@ -148,7 +125,7 @@ class Sides:
         out_dir = self.work / f"nima_throughput_{self.count}"
         cmd = [
             self.python,
-            str(HERE / "_nima_throughput.py"),
+            str(script("_nima_throughput")),
             "--steps",
             str(steps),
             "--data_dir",
@@ -235,14 +212,6 @@ def overhead_share(trained: dict[str, float]) -> float:
 
 
 # ---------------------------------------------------------------------------------- rounds
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def fmt(s: dict[str, float], unit: str = "x") -> str:
-    return f"{s['median']:.3f}{unit} (min {s['min']:.3f}, max {s['max']:.3f}, {s['n']} pairs)"
 
 
 def throughput(sides: Sides, rounds: int, steps: int, options: list[str]) -> dict[str, Any]:
@@ -369,21 +338,6 @@ def precision_check(sides: Sides, rounds: int, steps: int) -> dict[str, Any]:
     return result
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -437,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         sides = Sides(args, work, data_dir)
         results: dict[str, Any] = {
             "machine": machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "date": utc_now(),
         }
         if not args.skip_throughput:
             results["throughput"] = throughput(sides, args.rounds, args.steps, args.nima_option)

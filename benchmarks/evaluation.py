@@ -17,25 +17,16 @@ Goal: the default evaluation within 10% of the bare loop (ratio >= 0.9).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from common import best_of
 
 from nima.data.tokenizer import CharTokenizer
 from nima.evaluation import evaluate_tokens
 from nima.models import create_model
 
 CONFIG = {"vocab_size": 65, "d_model": 128, "n_heads": 4, "n_layers": 3, "d_ff": 512, "max_seq_len": 64}
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

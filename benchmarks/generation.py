@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nima.models import GPT, ModelConfig  # noqa: E402
+from nima.models import GPT, ModelConfig
 
 
 def time_generation(
@@ -77,6 +74,7 @@ def main() -> None:
         "prompt_len": a.prompt_len,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "machine": machine(),
     }))  # fmt: skip
 
 

@@ -24,18 +24,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
+import torch
+from common import append_table_rows, command_line
 
 PADDED_GPT2_VOCAB = 50304
 
@@ -66,12 +62,12 @@ class WindowTimer:
         self.marks: list[tuple[int, float]] = []
         self.logged: list[dict[str, float]] = []
 
-    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if trainer.step < self.warmup:
+    def on_log(self, run: Any, metrics: dict[str, float]) -> None:
+        if run.step < self.warmup or "loss" not in metrics:  # not a logging step's record
             return
         if self.sync:
             torch.cuda.synchronize()
-        self.marks.append((trainer.step, time.perf_counter()))
+        self.marks.append((run.step, time.perf_counter()))
         self.logged.append(dict(metrics))
 
 
@@ -141,25 +137,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-RECORD_HEADER = (
-    "| date (UTC) | device | model | precision | compile | batch x context | tokens/s | ms/step | MFU "
-    "| torch | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-)
+RECORD_HEADER = ["date (UTC)", "device", "model", "precision", "compile", "batch x context", "tokens/s",
+                 "ms/step", "MFU", "torch", "command"]  # fmt: skip
 
 
 def record(path: Path, result: dict[str, Any], argv: list[str]) -> None:
     """Append ``result`` as one row of the Markdown table in ``path`` (header first if new)."""
     mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
-    command = shlex.join(["python", "benchmarks/gpu.py", *argv])
     row = (
         f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {result['device']} "
         f"| {result['model']} ({result['params'] / 1e6:.1f}M) | {result['precision']} | {result['compile']} "
         f"| {result['batch_size']} x {result['seq_len']} | {result['tokens_per_s']:,.0f} "
-        f"| {result['step_ms']:.1f} | {mfu} | {result['torch']} | `{command}` |\n"
+        f"| {result['step_ms']:.1f} | {mfu} | {result['torch']} | `{command_line('gpu', argv)}` |\n"
     )
-    new = not path.is_file() or path.stat().st_size == 0
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write((RECORD_HEADER if new else "") + row)
+    append_table_rows(path, RECORD_HEADER, row)
 
 
 def main(argv: list[str] | None = None) -> int:

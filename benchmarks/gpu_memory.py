@@ -38,9 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import ROOT, append_table_rows, command_line
 
 GUIDE_CONFIG = "configs/base_model.yaml"
 # A model that needs batch_size: auto's search on an 80-140 GiB GPU (about 300M parameters).
@@ -113,17 +111,17 @@ class FillMemoryAfter:
         self.step = step
         self.blocker: Any = None
 
-    def on_step(self, trainer: Any) -> None:
+    def on_step(self, run: Any) -> None:
         import torch
 
-        if trainer.step != self.step:
+        if run.step != self.step:
             return
-        if trainer.device.type != "cuda":
+        if run.device.type != "cuda":
             raise torch.OutOfMemoryError("CUDA out of memory (simulated on a CPU)")
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the next step must allocate afresh, not reuse cached blocks
-        free, _ = torch.cuda.mem_get_info(trainer.device)
-        self.blocker = torch.empty(max(0, free - 64 * 2**20), dtype=torch.uint8, device=trainer.device)
+        free, _ = torch.cuda.mem_get_info(run.device)
+        self.blocker = torch.empty(max(0, free - 64 * 2**20), dtype=torch.uint8, device=run.device)
 
 
 def oom_child(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -166,7 +164,7 @@ def check_oom(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- record
 
 
-RECORD_HEADER = "| date (UTC) | device | check | holds | figures | command |\n|---|---|---|---|---|---|\n"
+RECORD_HEADER = ["date (UTC)", "device", "check", "holds", "figures", "command"]
 
 
 def figures(result: dict[str, Any]) -> str:
@@ -185,15 +183,13 @@ def figures(result: dict[str, Any]) -> str:
 def record(path: Path, device: str, results: list[dict[str, Any]], argv: list[str]) -> None:
     """Append one Markdown table row per check to ``path`` (the header first when it is new)."""
     when = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"
-    command = shlex.join(["python", "benchmarks/gpu_memory.py", *argv])
+    invoked = command_line("gpu_memory", argv)
     rows = "".join(
         f"| {when} | {device} | {r['check']} | {'yes' if r['ok'] else 'NO'} | {figures(r)} | "
-        f"`{r.get('command', command)}` |\n"
+        f"`{r.get('command', invoked)}` |\n"
         for r in results
     )
-    new = not path.is_file() or path.stat().st_size == 0
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write((RECORD_HEADER if new else "") + rows)
+    append_table_rows(path, RECORD_HEADER, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

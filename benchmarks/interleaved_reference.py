@@ -9,7 +9,7 @@ and every ``--chunk`` steps a callback runs the same number of steps of the text
 sides see the same machine within seconds of each other, and the noise left is that of a chunk.
 
 - **Nima**: ``trainer.train()`` at the reference shape (``REFERENCE_SHAPE`` of
-  ``_nima_throughput.py``: fp32, batch 12 x 64, AdamW, warmup + cosine, clipping at 1.0), with
+  ``common.py``: fp32, batch 12 x 64, AdamW, warmup + cosine, clipping at 1.0), with
   logging, progress output, periodic evaluation and checkpoints at their default frequency. Its
   time runs from step ``--warmup`` to the end of ``train()`` (the final evaluation and checkpoint
   included), less the time the callback spends in the reference's chunks; the Trainer is told
@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,17 +41,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-for path in (str(ROOT), str(HERE)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import torch  # noqa: E402
-from _nima_throughput import REFERENCE_SHAPE  # noqa: E402
-from compare_reference import cpu_name  # noqa: E402
-from loop_overhead import prepare, shared_dir  # noqa: E402
-from model_step import load_reference  # noqa: E402
+import torch
+from common import (
+    ROOT,
+    load_reference,
+    machine,
+    prepare_tiny_shakespeare,
+    reference_shape,
+    summary,
+    tiny_shakespeare_text,
+    utc_now,
+)
 
 
 class TextbookLoop:
@@ -117,38 +115,38 @@ class Interleave:
         self.evals = self.saves = 0
         self.overhead_at_start = self.overhead_s = 0.0  # Nima's evaluation and checkpoint seconds
 
-    def _reference_chunk(self, trainer: Any, steps: int) -> None:
+    def _reference_chunk(self, run: Any, steps: int) -> None:
         paused = time.perf_counter()
-        self.reference_s += self.reference.run(steps)
-        self.reference_steps += steps
-        paused = time.perf_counter() - paused
-        self.paused_s += paused
         # Not Nima's training time: kept out of its tokens/s and of loss.png's drawing budget.
-        trainer.meter.add_overhead(paused)
+        with run.overhead():
+            self.reference_s += self.reference.run(steps)
+        self.reference_steps += steps
+        self.paused_s += time.perf_counter() - paused
 
-    def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if self.start is None and trainer.step >= self.warmup:
-            warmup = time.perf_counter()
-            self.reference.run(self.warmup)  # the reference's untimed warm-up
-            trainer.meter.add_overhead(time.perf_counter() - warmup)
-            self.start, self.start_step = time.perf_counter(), trainer.step
-            self.overhead_at_start = trainer.overhead_seconds
-        elif self.start is not None and trainer.step % self.chunk == 0 and trainer.step < trainer.total_steps:
-            self._reference_chunk(trainer, trainer.step - self.start_step - self.reference_steps)
+    def on_log(self, run: Any, metrics: dict[str, float]) -> None:
+        if "loss" not in metrics:  # the final evaluation's record: not a step
+            return
+        if self.start is None and run.step >= self.warmup:
+            with run.overhead():
+                self.reference.run(self.warmup)  # the reference's untimed warm-up
+            self.start, self.start_step = time.perf_counter(), run.step
+            self.overhead_at_start = run.overhead_seconds
+        elif self.start is not None and run.step % self.chunk == 0 and run.step < run.total_steps:
+            self._reference_chunk(run, run.step - self.start_step - self.reference_steps)
 
-    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_evaluate(self, run: Any, metrics: dict[str, float]) -> None:
         self.evals += self.start is not None
 
-    def on_save(self, trainer: Any, path: Path) -> None:
+    def on_save(self, run: Any, path: Path) -> None:
         self.saves += self.start is not None
 
-    def on_train_end(self, trainer: Any, results: dict[str, Any]) -> None:
+    def on_train_end(self, run: Any, results: dict[str, Any]) -> None:
         if self.start is None:
             raise SystemExit(f"the run is too short for a warm-up of {self.warmup} steps")
         self.nima_s = time.perf_counter() - self.start - self.paused_s
-        self.nima_steps = trainer.step - self.start_step
-        self.overhead_s = trainer.overhead_seconds - self.overhead_at_start - self.paused_s
-        self._reference_chunk(trainer, self.nima_steps - self.reference_steps)
+        self.nima_steps = run.step - self.start_step
+        self.overhead_s = run.overhead_seconds - self.overhead_at_start - self.paused_s
+        self._reference_chunk(run, self.nima_steps - self.reference_steps)
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,7 +154,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from nima.config import RunConfig
     from nima.training.recipe import build_run
 
-    raw = {section: dict(values) for section, values in REFERENCE_SHAPE.items()}
+    raw = reference_shape()
     raw["training"].update(max_steps=args.steps, output_dir=args.output_dir)
     raw["data"]["data_dir"] = args.data_dir
     reference = TextbookLoop(Path(args.text), args.steps)
@@ -190,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output_dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.text = args.text or str(shared_dir() / "data" / "tiny_shakespeare" / "input.txt")
+    args.text = args.text or str(tiny_shakespeare_text())
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return 0
     with tempfile.TemporaryDirectory(prefix="nima-interleaved-") as tmp:
         data_dir = Path(tmp) / "data"
-        prepare(data_dir, args.text)
-        print(f"machine: {cpu_name()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}", flush=True)
+        prepare_tiny_shakespeare(data_dir, args.text)
+        print(f"machine: {machine()}", flush=True)
         ratios = []
         for r in range(args.rounds):
             out = Path(tmp) / f"out_{r}"
@@ -232,19 +230,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * figures['overhead_share']:.1f}% of its time) -> {figures['ratio']:.3f}x",
                 flush=True,
             )
-        summary = {
-            "median": statistics.median(ratios),
-            "min": min(ratios),
-            "max": max(ratios),
-            "n": len(ratios),
-        }
         print(
             json.dumps(
                 {
-                    "whole_trainer_vs_textbook": summary,
+                    "whole_trainer_vs_textbook": summary(ratios),
                     "chunk": args.chunk,
                     "steps": args.steps,
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "date": utc_now(),
                 }
             ),
             flush=True,

@@ -43,13 +43,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from common import ROOT, machine
 
-import torch  # noqa: E402
-
-from nima.checkpoint import load_checkpoint_file, newest_checkpoint  # noqa: E402
-from nima.errors import CheckpointError  # noqa: E402
+from nima.checkpoint import load_checkpoint_file, newest_checkpoint
+from nima.errors import CheckpointError
 
 # The tests' tiny model (tests/tiny.py): a few milliseconds per step, so that saves are most of
 # the run's time and many kills land inside one.
@@ -302,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     print(f"kill storm: seed {seed} (repeat with --seed {seed})", flush=True)
+    print(f"machine: {machine()}", flush=True)
     rng = random.Random(seed)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if args.data_dir:

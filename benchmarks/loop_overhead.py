@@ -2,7 +2,7 @@
 """What the Trainer's loop costs around the model step: ``trainer.train()`` against a bare loop.
 
 Both sides are built by :func:`nima.training.recipe.build_run` at the reference shape
-(``REFERENCE_SHAPE`` of ``_nima_throughput.py``: gpt2 family, 4 layers, d_model 128, 4 heads,
+(``REFERENCE_SHAPE`` of ``common.py``: gpt2 family, 4 layers, d_model 128, 4 heads,
 d_ff 512, context 64, batch 12, AdamW, warmup 100 + cosine, clipping at 1.0), fp32 on the CPU,
 with evaluation and checkpoints off (``eval_every 0``, ``save_every 0``, no epoch checkpoints);
 logging (every 10 steps, ``metrics.jsonl``) and the progress output stay at their defaults.
@@ -35,30 +35,16 @@ import cProfile
 import json
 import os
 import pstats
-import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-for path in (str(ROOT), str(HERE)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import torch  # noqa: E402
-from _nima_throughput import REFERENCE_SHAPE  # noqa: E402
-from compare_reference import cpu_name  # noqa: E402
+import torch
+from common import Clock, machine, prepare_tiny_shakespeare, reference_shape, summary, utc_now
 
 LOOP_OFF = {"eval_every": 0, "save_every": 0, "save_epoch_checkpoints": False}
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("NIMA_SHARED_DIR")
-    return Path(env) if env else ROOT.parent / "shared"
 
 
 def build(data_dir: str, output_dir: str, max_steps: int, callbacks: list[Any] = ()) -> Any:
@@ -66,24 +52,12 @@ def build(data_dir: str, output_dir: str, max_steps: int, callbacks: list[Any] =
     from nima.config import RunConfig
     from nima.training.recipe import build_run
 
-    raw = {section: dict(values) for section, values in REFERENCE_SHAPE.items()}
+    raw = reference_shape()
     raw["training"].update(LOOP_OFF, max_steps=max_steps, output_dir=output_dir)
     raw["training"].update(precision="fp32", device="cpu")
     raw["data"]["data_dir"] = data_dir
     config = RunConfig.from_dict(raw, source="loop_overhead")
     return build_run(config, callbacks=list(callbacks), say=lambda *a, **k: None)
-
-
-class Clock:
-    """Wall time, CPU time and minor page faults since ``start()``."""
-
-    def start(self) -> None:
-        self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def stop(self) -> tuple[float, float, int]:
-        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-        return wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults
 
 
 def time_bare(data_dir: str, output_dir: str, warmup: int, steps: int) -> tuple[float, float, int]:
@@ -122,13 +96,13 @@ class StepWindow:
         self.overhead_at_start = 0.0
         self.overhead_s = 0.0
 
-    def on_step(self, trainer: Any) -> None:
-        if trainer.step == self.first:
-            self.overhead_at_start = trainer.overhead_seconds
+    def on_step(self, run: Any) -> None:
+        if run.step == self.first:
+            self.overhead_at_start = run.overhead_seconds
             self.clock.start()
-        elif trainer.step == self.last:
+        elif run.step == self.last:
             self.times = self.clock.stop()
-            self.overhead_s = trainer.overhead_seconds - self.overhead_at_start
+            self.overhead_s = run.overhead_seconds - self.overhead_at_start
 
 
 def time_trainer(data_dir: str, output_dir: str, warmup: int, steps: int) -> tuple[float, float, int]:
@@ -147,11 +121,11 @@ class ProfileWindow(StepWindow):
         super().__init__(first, last)
         self.profiler = cProfile.Profile()
 
-    def on_step(self, trainer: Any) -> None:
-        if trainer.step == self.last:
+    def on_step(self, run: Any) -> None:
+        if run.step == self.last:
             self.profiler.disable()
-        super().on_step(trainer)
-        if trainer.step == self.first:
+        super().on_step(run)
+        if run.step == self.first:
             self.profiler.enable()
 
 
@@ -220,29 +194,6 @@ def _name(func: tuple[str, int, str]) -> str:
     return f"{short}:{line}({name})"
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def machine() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads"
-
-
-def prepare(data_dir: Path, text: str | None) -> None:
-    """Char-level tiny Shakespeare in ``data_dir`` (before any timing), from ``text`` or the
-    shared copy when the folder has no ``tiny_shakespeare/input.txt`` yet."""
-    from nima.data import prepare as prepare_data
-
-    target = data_dir / "tiny_shakespeare" / "input.txt"
-    if not target.exists():
-        source = Path(text) if text else shared_dir() / "data" / "tiny_shakespeare" / "input.txt"
-        if not source.is_file():
-            raise SystemExit(f"tiny Shakespeare not found at {source}; pass --text or --data_dir")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(source.resolve())
-    prepare_data("tiny_shakespeare", "char", data_dir=data_dir, quiet=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -268,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="nima-loop-") as tmp:
         data_dir = Path(args.data_dir) if args.data_dir else Path(tmp) / "data"
-        prepare(data_dir, args.text)
+        prepare_tiny_shakespeare(data_dir, args.text)
         out = str(Path(tmp) / "out")
-        print(f"machine: {machine()}, load {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"machine: {machine()}", flush=True)
         if args.profile:
             figures = profile(str(data_dir), out, args.warmup, args.steps, args.top)
             print(json.dumps(figures), flush=True)
@@ -310,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
             "rounds": args.rounds,
             "machine": machine(),
             "load": os.getloadavg()[0],
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "date": utc_now(),
         }
         print(json.dumps(result), flush=True)
     return 0

@@ -16,7 +16,7 @@ grows with the context (linear: doubling the context doubles it).
     python benchmarks/memory.py --models base --batches 32 --checkpointing off --precisions bf16 --heap whole
     python benchmarks/memory.py --models base --batches 4 --contexts 1024 --precisions bf16 --compile
 
-``--heap``: what a CPU step keeps of the memory it frees (``nima/runtime/heap.py``): ``small``
+``--heap``: what a CPU step keeps of the memory it frees (``nima/memory/heap.py``): ``small``
 (blocks under 32 MiB; what the plan counts), ``whole`` (every block: what a run does where its
 plan fits twice over), ``glibc`` (glibc's own settings). Each row also gives seconds and page
 faults per step over the steps after the first two (with ``--compile``, after the compilation).
@@ -31,12 +31,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import print_table
 
 MODELS: dict[str, dict[str, Any]] = {
     # configs/base_model.yaml's model on tiny Shakespeare's characters (vocab 65)
@@ -54,11 +51,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from nima.distributed import DistributedContext
+    from nima.memory import estimate_training_memory, measure_peak
+    from nima.memory.heap import keep_freed_memory
     from nima.models import LOSS_CHUNK_ROWS, ModelConfig, create_model
     from nima.runtime import Runtime
     from nima.runtime.compilation import compile_model
-    from nima.runtime.heap import keep_freed_memory
-    from nima.runtime.memory import estimate_training_memory, measure_peak
     from nima.runtime.precision import PrecisionChoice
     from nima.training import get_optimizer, get_scheduler
     from nima.training.step import TrainStep
@@ -159,15 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                         row = run_child(spec)
                         print(json.dumps(row), flush=True)
                         rows.append(row)
-    print_table(rows)
+    print_results(rows)
     return 0
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_results(rows: list[dict[str, Any]]) -> None:
     header = ["model", "precision", "checkpointing", "batch x context", "measured MiB", "plan MiB"]
     header += ["plan / measured", "s/step", "page faults/step"]
-    print("\n| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    table = []
     for r in rows:
         cells = [r["model"], r["precision"], "on" if r["gc"] else "off", f"{r['batch']} x {r['context']}"]
         if "error" in r:
@@ -175,7 +171,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         else:
             cells += [str(r["measured_mib"]), str(r["plan_mib"]), f"{r['plan_over_measured']:.2f}"]
             cells += [str(r.get("s_per_step")), str(r.get("faults_per_step"))]
-        print("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    print_table(header, table)
     ok = [r for r in rows if "error" not in r]
     if ok:
         ratios = [r["plan_over_measured"] for r in ok]

@@ -16,28 +16,14 @@ line is the median ratio (> 1: Nima is faster). With ``--compile``, Nima's model
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import load_reference, machine
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-SHARED = Path(os.environ.get("NIMA_SHARED_DIR", ROOT.parent / "shared"))
-
-from nima.models import GPT, ModelConfig  # noqa: E402
-
-
-def load_reference():
-    spec = importlib.util.spec_from_file_location("reference_gpt", SHARED / "bench" / "reference_gpt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from nima.models import GPT, ModelConfig
 
 
 def main() -> None:
@@ -103,7 +89,7 @@ def main() -> None:
     print(json.dumps({"speed_ratio_nima_vs_reference": round(ratio(wall_ms), 3),
                       "cpu_time_ratio_nima_vs_reference": round(ratio(cpu_ms), 3), "params": n_ref,
                       "compiled": a.compile, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__}))  # fmt: skip
+                      "torch": torch.__version__, "machine": machine()}))  # fmt: skip
 
 
 if __name__ == "__main__":

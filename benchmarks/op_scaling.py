@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import torch
+from common import machine
 from torch.profiler import profile
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nima.models import GPT, ModelConfig  # noqa: E402
+from nima.models import GPT, ModelConfig
 
 # Operator name fragment -> family (first match wins; everything else is "other").
 FAMILIES = (
@@ -119,7 +115,8 @@ def main() -> None:
               f"{one.get(fam, 0) / max(many[fam], 1e-9):8.2f}x")  # fmt: skip
     speedups = {fam: round(one.get(fam, 0) / max(ms, 1e-9), 2) for fam, ms in many.items()}
     print(json.dumps({"threads": a.threads, "compiled": a.compile, "step_ms_1_thread": round(total_one, 2),
-                      "step_ms_n_threads": round(total_many, 2), "speedup_by_family": speedups}))  # fmt: skip
+                      "step_ms_n_threads": round(total_many, 2), "speedup_by_family": speedups,
+                      "machine": machine()}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, find_tiny_shakespeare, machine, print_table, utc_now
+
 GOALS = {"char_mb_s": 50.0, "bpe_encode_mb_s": 8.0, "peak_rss_mb": 1536.0}
 
 CHILD = """
@@ -49,20 +50,6 @@ print(json.dumps({"wall_s": wall, "timings": data.meta["timings"], "train_tokens
                   "val_tokens": data.val_tokens, "vocab_size": data.tokenizer.vocab_size,
                   "encoder": data.meta["encoder"]}))
 """
-
-
-def find_tiny_shakespeare() -> Path | None:
-    candidates = [
-        os.environ.get("NIMA_DATA_MIRROR"),
-        os.environ.get("NIMA_DATA_DIR"),
-        str(REPO_ROOT.parent / "shared" / "data"),
-        str(REPO_ROOT / "experiments" / "data"),
-    ]
-    for root in filter(None, candidates):
-        path = Path(root) / "tiny_shakespeare" / "input.txt"
-        if path.is_file():
-            return path
-    return None
 
 
 def seed_texts() -> list[bytes]:
@@ -103,10 +90,10 @@ def build_corpus(path: Path, size_mb: int, seeds: list[bytes]) -> int:
 
 def run_child(corpus: Path, tokenizer: str, vocab: int | None, data_dir: Path, bpe_encoder: str) -> dict:
     """Prepare in a fresh process; return its report plus the child's peak RSS."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     vocab_arg = str(vocab) if vocab else "-"
     cmd = [sys.executable, "-c", CHILD, str(corpus), tokenizer, vocab_arg, str(data_dir), bpe_encoder]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -132,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, {date}")
+    print(f"machine: {machine()}, python {sys.version.split()[0]}, {utc_now()}")
     seeds = seed_texts()
     rows = []
     with tempfile.TemporaryDirectory(prefix="nima-bench-") as tmp:
@@ -174,19 +160,16 @@ def main(argv: list[str] | None = None) -> int:
                         path.unlink()
             corpus.unlink()
 
-    print(
-        "\n| corpus | tokenizer | encoder | end-to-end MB/s | encode MB/s | encode MB/CPU-s "
-        "| BPE training s | peak RSS MB | load before/after |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    header = ["corpus", "tokenizer", "encoder", "end-to-end MB/s", "encode MB/s", "encode MB/CPU-s",
+              "BPE training s", "peak RSS MB", "load before/after"]  # fmt: skip
+    table = []
     for r in rows:
         training = r["tokenizer_train_s"] if r["tokenizer"].startswith("bpe") else "-"
         encoder = r["encoder"].split(" ")[0]
-        print(
-            f"| {r['size_mb']:.0f} MB | {r['tokenizer']} | {encoder} | {r['end_to_end_mb_s']} "
-            f"| {r['encode_mb_s']} | {r['encode_mb_per_cpu_s']} | {training} | {r['peak_rss_mb']} "
-            f"| {r['load_before']} / {r['load_after']} |"
-        )
+        table.append([f"{r['size_mb']:.0f} MB", r["tokenizer"], encoder, r["end_to_end_mb_s"],
+                      r["encode_mb_s"], r["encode_mb_per_cpu_s"], training, r["peak_rss_mb"],
+                      f"{r['load_before']} / {r['load_after']}"])  # fmt: skip
+    print_table(header, table)
     print("\nratios to the goals (>= 1.0 meets the goal):")
     for r in rows:
         speed = (

@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import machine
 
 ALL_BATCHES = 1_000_000  # eval_batches large enough that the Trainer evaluates every window
 
@@ -71,10 +69,8 @@ def curve(
     points: list[dict[str, float]] = []
 
     class Record:
-        def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
-            points.append(
-                {"step": trainer.step, "tokens": trainer.tokens_seen, "val_loss": metrics["val_loss"]}
-            )
+        def on_evaluate(self, run: Any, metrics: dict[str, float]) -> None:
+            points.append({"step": run.step, "tokens": run.tokens_seen, "val_loss": metrics["val_loss"]})
 
     import contextlib
     import io
@@ -110,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write all curves to this JSON file")
     args = parser.parse_args(argv)
 
+    print(f"machine: {machine()}", flush=True)  # for the wall times; the curves do not depend on it
     curves = []
     with tempfile.TemporaryDirectory(prefix="nima-sample-eff-") as tmp:
         for i, recipe in enumerate(args.recipes):
