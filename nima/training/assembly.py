@@ -139,6 +139,8 @@ def assemble(
     """
     training = config.training
     from_run_config = loaders is None
+    callbacks = list(callbacks)
+    _refuse_old_hooks(callbacks)  # before any work: a renamed hook would silently never run
 
     # 1. distributed set-up
     dist = runtime.dist if runtime is not None else init_distributed(device_kind(training.device))
@@ -216,7 +218,6 @@ def assemble(
 
     # 12. checkpointer, and a resume or fine-tuning start
     state = RunState()
-    callbacks = list(callbacks)
     early_stopping = _early_stopping(
         callbacks, training.early_stopping_patience, training.early_stopping_min_delta
     )
@@ -243,7 +244,6 @@ def assemble(
     # 13. callbacks, and the view of the run they receive
     console = Console(training, runtime.is_main, steps_per_epoch)
     user_callbacks = [cb for cb in callbacks if cb is not early_stopping]
-    _refuse_old_hooks(user_callbacks)
     loggers = monitoring_callbacks(training, user_callbacks)  # report_to, loss.png, report.md
     metrics = MetricsTracker(folder.logs if runtime.is_main else None)
     callbacks = [*user_callbacks, *loggers, *([early_stopping] if early_stopping else [])]
