@@ -26,10 +26,15 @@ WORKER_START = f"TINY = {model_dict()!r}\n" + textwrap.dedent(
         # Leave the process group once the worker has deleted its trainers (their DDP/FSDP state
         # holds it): a worker that still holds them at interpreter exit now and then aborts there
         # after printing its result ("terminate called without an active exception", SIGABRT).
-        import gc
+        # Even then, gloo's threads were seen to abort the interpreter's teardown about once in 50
+        # workers, after the result was printed: the worker ends without that teardown.
+        import gc, os, sys
         from nima.distributed import cleanup
         gc.collect()
         cleanup()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     """
 )
 
