@@ -65,6 +65,18 @@ def default_storage(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / STUDY_FILE).resolve()}"
 
 
+def shown_storage(url: str) -> str:
+    """The storage as a person reads it: a SQLite file near the working folder by its relative
+    path (``experiments/sweep/study.db``, ``../experiments/...`` from a notebooks folder), anything
+    else as given."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path = url[len(prefix) :]
+    relative = os.path.relpath(path)
+    return relative if relative.split(os.sep)[:2].count("..") < 2 else path
+
+
 def default_study_name(source: str) -> str:
     """The config file's name (``cpu_quick`` for ``configs/cpu_quick.yaml``), else ``sweep``."""
     return Path(source).stem if source and source.endswith((".yaml", ".yml")) else "sweep"

@@ -28,7 +28,7 @@ from nima.training import recipe
 from nima.training.callbacks import Callback
 from nima.training.view import RunView
 from nima.tuning.plan import Plan
-from nima.tuning.study import finished_trials, mark_trial_owner
+from nima.tuning.study import finished_trials, mark_trial_owner, shown_storage
 
 Say = Callable[[str], Any]
 
@@ -64,7 +64,7 @@ def run_trials(
     stopped them early (None when none did). ConfigError when trials keep failing."""
     done = finished_trials(optuna, study)
     say(
-        f"study {name!r} in {url}: {len(done)} of {trials} trials done"
+        f"study {name!r} in {shown_storage(url)}: {len(done)} of {trials} trials done"
         + (f", {max(0, trials - len(done))} to run" if len(done) < trials else "")
     )
     ran, stop_signal, failures = 0, None, 0
