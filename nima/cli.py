@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from nima.errors import ConfigError, NimaError
+from nima.files import one_line
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -49,6 +50,37 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class _LineTracker:
+    """``sys.stderr`` as seen by a command, remembering whether its last line is unfinished: a
+    progress bar ends its lines with a carriage return, and an ``error:`` printed after one would
+    be glued behind it in a log (``grep '^error:'`` would miss it)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.open_line = False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.open_line = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _error_line(message: str, stderr: _LineTracker) -> None:
+    """``error: <message>`` on a line of its own: one line, whatever the message held."""
+    start = "\n" if stderr.open_line else ""
+    print(f"{start}error: {one_line(message, limit=2000)}", file=stderr.stream, flush=True)
+
+
+def _os_error(err: OSError) -> str:
+    """``<file>: <reason>``, as far as the error names them."""
+    files = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
+    reason = err.strerror or str(err) or type(err).__name__
+    return f"{files}: {reason}" if files else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a ``nima`` sub-command; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -59,15 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    stderr = _LineTracker(sys.stderr)
+    sys.stderr = stderr
     try:
         module = importlib.import_module(COMMANDS[command][0])
         return int(module.main(rest) or 0)
     except NimaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error_line(str(err), stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:  # the system's answer about a file (a full disk, a folder in its place ...)
+        _error_line(_os_error(err), stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted" if stderr.open_line else "interrupted", file=stderr.stream)
         return 130
+    finally:
+        if sys.stderr is stderr:
+            sys.stderr = stderr.stream
 
 
 def run_as_script(command: str) -> None:

@@ -277,10 +277,17 @@ def coerce(value: Any, hint: Any, key: str, from_string: bool = False) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be {_describe(hint)}, got {value!r}")
         if hint is float:
+            if isinstance(value, int) and abs(value) > 1e308:  # float() would overflow
+                digits = value.bit_length() * 3 // 10  # str() of a huge int is refused by Python itself
+                raise ConfigError(f"{key} must be {_describe(hint)} up to 1e308, got one of {digits} digits")
             return float(value)
+        given = value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if isinstance(value, int):
+            # Nothing Nima counts goes near 2**63 (torch's and numpy's integers stop there).
+            if abs(value) >= 2**63:
+                raise ConfigError(f"{key} must be an integer below 2**63, got {given!r}")
             return value
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if origin in (tuple, list):

@@ -1,4 +1,9 @@
-"""Atomic file writes and hashing: nothing good on disk is ever half-replaced.
+"""Atomic file writes, hashing, and the two checks every command makes on the files it is given.
+
+Reading: :func:`reading` turns whatever a parser raises on a user's file (a checkpoint, config,
+tokenizer, Hugging Face folder, corpus) into one :class:`~nima.errors.NimaError` line naming the
+file. Writing: :func:`check_writable` finds, before any work, an output path that cannot be
+created.
 
 Every file Nima writes for keeps (checkpoints, prepared data, tokenizers, metrics summaries)
 goes through :func:`atomic_write`: a temporary file beside the target, flushed and fsynced,
@@ -13,12 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from nima.errors import ConfigError, NimaError
 
 HASH_BLOCK = 1 << 20
 
@@ -104,3 +113,77 @@ def sha256_file(path: str | Path) -> str:
         while block := f.read(HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- user files
+
+MESSAGE_CHARS = 300
+"""How much of a parser's own message an error line keeps."""
+
+
+def one_line(err: BaseException | str, limit: int = MESSAGE_CHARS) -> str:
+    """An exception's text on one line: terminal escapes removed, lines joined, at most ``limit``
+    characters, cut at a word (with "...") rather than mid-word; the type's name when it says
+    nothing."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if isinstance(err, LookupError) or (isinstance(err, BaseException) and not text):
+        text = f"{type(err).__name__} {text}".strip()  # KeyError's text is the key alone: say what it is
+    if len(text) > limit:
+        text = text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+    return text
+
+
+@contextmanager
+def reading(path: str | Path, what: str, error: type[NimaError], fix: str = "") -> Iterator[None]:
+    """Parse user file ``path`` inside this block: any exception but a NimaError becomes one
+    ``error`` line, ``<path> is not a readable <what>: <why>; <fix>``.
+
+    Parsers fed arbitrary bytes raise anything (KeyError, struct.error, UnicodeError, a Rust
+    panic's text ...): the file is the user's, so what it says is the user's to fix, never a
+    traceback. Only for reading: our own bugs elsewhere still surface.
+    """
+    try:
+        yield
+    except NimaError:
+        raise
+    except Exception as err:  # see the docstring: any parser error on user bytes
+        tail = f"; {fix}" if fix else ""
+        raise error(f"{path} is not a readable {what}: {one_line(err)}{tail}") from None
+
+
+def why_unwritable(path: str | Path, folder: bool = True) -> str | None:
+    """Why ``path`` (a folder to create or fill, or with ``folder=False`` a file to write) cannot
+    be written, or None when it can.
+
+    Nothing is created: the nearest existing folder on the way must be a folder this process can
+    create entries in (tried with a temporary folder, removed at once: permission bits do not
+    stop root, a read-only file system does).
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        return "it is a file, not a folder"
+    if not folder and path.is_dir():
+        return "it is a folder, not a file"
+    existing = path if folder else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".nima-write-check-", dir=existing))
+    except OSError as err:
+        return f"{existing}: {err.strerror or err}"
+    return None
+
+
+def check_writable(
+    path: str | Path, option: str, folder: bool = True, error: type[NimaError] = ConfigError
+) -> Path:
+    """Before any work: ``error`` naming ``option`` (``--out``) unless ``path`` can be written
+    (see :func:`why_unwritable`)."""
+    why = why_unwritable(path, folder)
+    if why is not None:
+        kind = "folder" if folder else "file"
+        raise error(f"{option} {path} cannot be written: {why}; choose a writable {kind} with {option}")
+    return Path(path)

@@ -22,7 +22,7 @@ from typing import IO, Any
 import torch
 
 from nima.errors import CheckpointError
-from nima.files import atomic_write
+from nima.files import atomic_write, one_line
 from nima.models import ModelConfig, create_model
 from nima.runtime.wrapping import unwrap_model
 
@@ -42,6 +42,30 @@ V1_DEFAULTS: dict[str, Any] = {
     "early_stopping": None,
     "world_size": 1,
     "rng_by_rank": None,
+}
+
+
+_NUMBER = (int, float)
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model_config": (dict, type(None)),
+    "tokenizer": (dict, type(None)),
+    "data": dict,
+    "training_config": dict,
+    "step": int,
+    "epoch": int,
+    "batch_in_epoch": int,
+    "tokens_seen": int,
+    "best_val_loss": (*_NUMBER, type(None)),
+    "last_val_loss": (*_NUMBER, type(None)),
+    "world_size": int,
+    "optimizer": (dict, type(None)),
+    "scheduler": (dict, type(None)),
+}
+"""The types of the fields every reader relies on: a damaged file is refused when loaded, not
+where a field is first used."""
+NESTED_TYPES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "tokenizer": {"kind": str, "vocab_size": int, "sha256": (str, type(None)), "path": (str, type(None))},
+    "data": {"prepared_path": (str, type(None)), "train_tokens": int, "val_tokens": int, "sha256": str},
 }
 
 
@@ -108,14 +132,17 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
         raise CheckpointError(_unreadable(path, detail.group(1) if detail else text)) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # arbitrary bytes make the unpickler raise anything
         raise CheckpointError(_unreadable(path, _plain(err))) from None
     return upgrade(ckpt, path)
 
 
 def _plain(err: BaseException) -> str:
     """An error's text without terminal escapes (torch bolds some words)."""
-    return re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip() or type(err).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    if isinstance(err, LookupError) or not text:  # a KeyError's text is the key alone
+        text = f"{type(err).__name__} {text}".strip()
+    return text
 
 
 def _unreadable(path: Path, text: str) -> str:
@@ -123,8 +150,11 @@ def _unreadable(path: Path, text: str) -> str:
     first = re.split(r"(?<=\.)\s|\n", text, maxsplit=1)[0].rstrip(".")
     return (
         f"{path} is not a readable Nima checkpoint (corrupt, truncated or not saved by Nima): "
-        f"{first[:200]}; use another checkpoint (with --resume: delete this one, the next newest is used)"
+        f"{one_line(first, limit=200)}; {UNREADABLE_FIX}"
     )
+
+
+UNREADABLE_FIX = "use another checkpoint (with --resume: delete this one, the next newest is used)"
 
 
 def upgrade(ckpt: Any, path: str | Path = "checkpoint") -> dict[str, Any]:
@@ -141,6 +171,24 @@ def upgrade(ckpt: Any, path: str | Path = "checkpoint") -> dict[str, Any]:
             f"{path} is not a Nima checkpoint (expected format {FORMAT!r}); "
             "only files saved by Nima's Trainer can be loaded"
         )
+    fields = [(key, ckpt, kinds) for key, kinds in FIELD_TYPES.items()]
+    for section, types in NESTED_TYPES.items():
+        if isinstance(ckpt.get(section), dict):
+            fields += [(f"{section}.{key}", ckpt[section], kinds) for key, kinds in types.items()]
+    for name, holder, kinds in fields:
+        key = name.rpartition(".")[2]
+        if key in holder and not isinstance(holder[key], kinds):
+            raise CheckpointError(
+                f"{path} is damaged: its {name} is a {type(holder[key]).__name__}, not what Nima writes "
+                "there; use another checkpoint"
+            )
+        if key in holder and kinds is int and not 0 <= holder[key] < 2**62:  # counts and sizes
+            raise CheckpointError(f"{path} is damaged: its {name} is {holder[key]}; use another checkpoint")
+    strange = next(
+        (k for k, v in ckpt["model"].items() if not (isinstance(k, str) and torch.is_tensor(v))), None
+    )
+    if strange is not None:
+        raise CheckpointError(f"{path} is damaged: its model weights hold {strange!r}, not a named tensor")
     return {**V1_DEFAULTS, **ckpt}
 
 
@@ -216,20 +264,39 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+def saved_model_config(ckpt: dict[str, Any], path: str | Path, **overrides: Any) -> ModelConfig:
+    """The ModelConfig a checkpoint records (with ``overrides``); CheckpointError naming the file
+    when it has none or a damaged one."""
+    if not isinstance(ckpt.get("model_config"), dict):
+        raise CheckpointError(f"{path} has no model_config; it cannot be rebuilt without one")
+    try:
+        return ModelConfig.from_dict({**ckpt["model_config"], **overrides})
+    except Exception as err:  # a ConfigError too: the file is what is wrong
+        raise CheckpointError(f"{path} has a damaged model_config: {one_line(err)}") from None
+
+
 def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the GPT saved in a checkpoint: returns ``(model in eval mode on device, checkpoint dict)``."""
     # Mapped: a training checkpoint's optimizer state (twice the weights) is never read.
     ckpt = load_checkpoint_file(path, map_location="cpu", mmap=True)
-    if not isinstance(ckpt.get("model_config"), dict):
-        raise CheckpointError(f"{path} has no model_config; it cannot be rebuilt without one")
-    model = create_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model = create_model(saved_model_config(ckpt, path))
     try:
         model.load_state_dict(clean_state_dict(ckpt["model"]))
-    except RuntimeError as err:
+    except Exception as err:  # the file's tensors and names, whatever they hold
         raise CheckpointError(
-            f"{path}: weights do not fit the saved model config: {str(err).splitlines()[0][:200]}"
+            f"{path}: weights do not fit the saved model config: {one_line(str(err).splitlines()[0], 200)}"
         ) from None
+    check_finite(model.state_dict(), path)
     return model.to(device).eval(), ckpt
+
+
+def check_finite(weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """CheckpointError when a weight holds nan or inf: training never saves such weights (its
+    guard stops first), so they mean a damaged file, which would only give nan losses."""
+    floats = ((name, t) for name, t in weights.items() if t.is_floating_point())
+    broken = next((name for name, t in floats if not torch.isfinite(t).all()), None)
+    if broken is not None:
+        raise CheckpointError(f"{path} is damaged: its weights hold nan or inf ({broken}); use another one")
 
 
 def save_model_checkpoint(model: torch.nn.Module, tokenizer: Any, path: str | Path, **extra: Any) -> Path:

@@ -15,6 +15,7 @@ from nima.config_fields import ConfigSection, build_section, field_types, sugges
 from nima.data import DataConfig
 from nima.data.tokenizer import MIN_BPE_VOCAB
 from nima.errors import ConfigError
+from nima.files import one_line
 from nima.models import ModelConfig
 
 SECTIONS: dict[str, type[ConfigSection]] = {
@@ -106,8 +107,17 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-        """Read a YAML config file (safe loader only) and apply ``overrides``."""
-        return cls.from_dict(read_yaml(path), source=str(path), overrides=overrides)
+        """Read a YAML config file (safe loader only) and apply ``overrides``.
+
+        An empty file (or one of comments only) is refused: a run of every default (a 19.5M
+        model) is almost never what a file that says nothing meant."""
+        raw = read_yaml(path)
+        if raw is None:
+            raise ConfigError(
+                f"{path} is empty: a config file needs at least one of the sections model:, training:, "
+                "data: (for all the defaults, say so: training: {})"
+            )
+        return cls.from_dict(raw, source=str(path), overrides=overrides)
 
     # ------------------------------------------------------------------ rules across sections
 
@@ -155,6 +165,8 @@ def read_yaml(path: str | Path) -> Any:
     """The contents of YAML file ``path`` (safe loader only); ConfigError when it is missing,
     unreadable as UTF-8 or not valid YAML."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder, not a file; give the path of a YAML file")
     if not path.is_file():
         hint = ""
         configs = Path("configs")
@@ -163,14 +175,22 @@ def read_yaml(path: str | Path) -> Any:
             hint = f"; available: {', '.join(names)}" if names else ""
         raise ConfigError(f"config file not found: {path}{hint}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}:{where} is not valid YAML ({problem})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not a config: its YAML is nested too deeply to read") from None
+    except Exception as err:  # a constructor's own error (!!int 0xZZ, !!timestamp ...)
+        raise ConfigError(f"{path} is not valid YAML ({one_line(err)})") from None
 
 
 def shipped_config(name: str) -> Path:

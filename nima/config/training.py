@@ -138,6 +138,8 @@ class TrainingConfig(ConfigSection, section="training"):
         need(">= 0", "early_stopping_min_delta")
         need("> 0", "learning_rate", "eps", "peak_flops")
         need("in [0, 1)", "momentum")
+        # numpy's and torch's generators take seeds from 0 to 2**63 - 1 (a rank is added to it)
+        need.that(0 <= self.seed < 2**62, "seed", "a whole number >= 0 and below 2**62")
         need.that(self.min_lr <= self.learning_rate, "min_lr", f"<= learning_rate ({self.learning_rate})")
         need.that(all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)")
         need.that(bool(self.output_dir), "output_dir", "a folder name")

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from nima.config_fields import ConfigSection, check_types, suggest
+from nima.data.sources import check_encoding
+from nima.errors import ConfigError, DataError
 
 TOKENIZERS = ("char", "byte", "bpe")
 
@@ -46,6 +48,10 @@ class DataConfig(ConfigSection, section="data"):
         )
         need("in (0, 1)", "val_fraction")
         need(">= 0", "num_workers")
+        try:
+            check_encoding(self.encoding, option="data.encoding")
+        except DataError as err:  # a config value: found with the others, before any work
+            raise ConfigError(str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

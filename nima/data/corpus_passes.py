@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from nima.data.chunking import iter_pieces
 from nima.data.sources import TextSource
 from nima.data.stream_encoders import StreamEncoder, encode_in_order
-from nima.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
+from nima.data.tokenizer import MIN_BPE_VOCAB, BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
 
 
 @dataclass
@@ -126,7 +126,9 @@ def make_tokenizer(
         print(
             f"training BPE ({settings['vocab_size']} ids) on {train_chars:,} characters...", file=sys.stderr
         )
-    return BPETokenizer.train(training_text(), settings["vocab_size"])
+    # Each merge needs a pair of tokens in the text: no more ids than characters can come out, and
+    # the trainer reserves room for the size it is given.
+    return BPETokenizer.train(training_text(), min(settings["vocab_size"], MIN_BPE_VOCAB + train_chars))
 
 
 def split_documents(

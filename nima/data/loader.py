@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -112,7 +113,7 @@ class ResumableSampler(Sampler[int]):
         """This rank's indices for the current epoch, before skipping."""
         if self.shuffle:
             generator = torch.Generator()
-            generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+            generator.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)  # torch's seeds stop there
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
@@ -175,6 +176,9 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> No
         loader._next_epoch = int(epoch) + 1
 
 
+MAX_WORKERS_PER_CPU = 4
+
+
 def create_dataloader(
     dataset: Dataset,
     batch_size: int,
@@ -200,6 +204,12 @@ def create_dataloader(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+    most = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
+    if num_workers > most:  # each worker is a process with a copy of this one: a million is a crash
+        raise ConfigError(
+            f"data.num_workers {num_workers} is more than {MAX_WORKERS_PER_CPU} per CPU of this machine "
+            f"({os.cpu_count()} CPUs); use at most {most}"
+        )
     if shuffle is None:
         shuffle = bool(getattr(dataset, "random_offset", True))
     num_samples = len(dataset)  # type: ignore[arg-type]

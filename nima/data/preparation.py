@@ -50,7 +50,7 @@ from nima.data.sources import TextSource, resolve_source
 from nima.data.stream_encoders import FastPathMismatch, HFBPEStreamEncoder, make_stream_encoder
 from nima.data.tokenizer import BYTE_LEVEL, BPETokenizer, Tokenizer, check_bpe_vocab_size, load_tokenizer
 from nima.errors import DataError
-from nima.files import atomic_write_json, make_public
+from nima.files import atomic_write_json, make_public, why_unwritable
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -59,6 +59,7 @@ __all__ = [
     "PREPARED_FORMAT",
     "TOKENIZER_KINDS",
     "PreparedData",
+    "check_token_ids",
     "default_data_dir",
     "given_tokenizer",
     "load_prepared",
@@ -139,11 +140,29 @@ class PreparedData:
     def val_tokens(self) -> int:
         return int(self.meta["val_tokens"])
 
-    def tokens(self, split: str) -> np.ndarray:
-        """The ``train`` or ``val`` token stream as a read-only memory map."""
+    def tokens(self, split: str, vocab_size: int | None = None) -> np.ndarray:
+        """The ``train`` or ``val`` token stream as a read-only memory map; with ``vocab_size``,
+        checked to hold only ids below it (:func:`check_token_ids`)."""
         if split not in ("train", "val"):
             raise DataError(f"split must be 'train' or 'val', got {split!r}")
-        return open_tokens(self.path / f"{split}.bin", self.dtype)
+        tokens = open_tokens(self.path / f"{split}.bin", self.dtype)
+        if vocab_size is not None:
+            check_token_ids(tokens, self.path / f"{split}.bin", vocab_size)
+        return tokens
+
+
+def check_token_ids(tokens: np.ndarray, path: Path, vocab_size: int) -> None:
+    """DataError unless every id in ``tokens`` (a memory map of ``path``) is below ``vocab_size``:
+    an id the model has no embedding for would fail deep inside the first step that reads it."""
+    if len(tokens) == 0:
+        return
+    largest = int(np.max(tokens))
+    if largest >= vocab_size:
+        raise DataError(
+            f"{path} holds token id {largest}, but the vocabulary size is {vocab_size} "
+            f"(ids 0 to {vocab_size - 1}): the file was not written with this tokenizer; prepare the "
+            "data again (nima prepare --force, or delete the folder) or fix the tool that wrote it"
+        )
 
 
 def open_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -199,28 +218,81 @@ def prepare(
     if given is not None:
         settings["tokenizer_sha256"] = given.identity()["sha256"]
     if not force:
-        reused = _reuse(out, source, settings)
+        reused = _reuse(out, source, settings) or _reuse_smaller_bpe(out, source, settings)
         if reused is not None:
             reused.reused = True
             return reused
+    why = why_unwritable(out.parent)  # before any work
+    if why is not None:
+        raise DataError(f"cannot write prepared data under {out.parent}: {why}; choose another --data_dir")
+    created = _missing_folders(out.parent)  # removed again if preparing fails: no empty folders left
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as err:
+        _remove_empty(created)
         raise DataError(
             f"cannot write prepared data under {out.parent}: {err.strerror or err}; choose another --data_dir"
         ) from None
     make_public(tmp, directory=True)
     try:
         meta = _build(tmp, source, settings, quiet=quiet, given=given)
+        out = _true_bpe_name(out, meta, settings)
         _install(tmp, out)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         if isinstance(err, OSError):  # disk full, permissions, a source file that vanished
             raise DataError(f"preparing {source.location} into {out} failed: {err}") from None
         raise
     return PreparedData(path=out, meta=meta, tokenizer=load_tokenizer(out / "tokenizer.json"))
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; one that holds anything (another writer's) stays
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _true_bpe_name(out: Path, meta: dict[str, Any], settings: dict[str, Any]) -> Path:
+    """The folder a BPE result goes to: ``bpe-<the size it has>``. A corpus too small for the
+    vocabulary asked gives fewer ids than asked; the folder is named after what it holds (the
+    asked size stays in ``meta.json``'s settings, which is how it is found again)."""
+    asked, got = settings["vocab_size"], meta["vocab_size"]
+    if settings["tokenizer"] != "bpe" or got == asked:
+        return out
+    print(
+        f"note: the corpus gave {got} BPE ids, fewer than the {asked} asked (too little text for "
+        f"more merges); prepared as {tokenizer_tag('bpe', got)}",
+        file=sys.stderr,
+    )
+    return out.parent / tokenizer_tag("bpe", got)
+
+
+def _reuse_smaller_bpe(out: Path, source: TextSource, settings: dict[str, Any]) -> PreparedData | None:
+    """An earlier BPE result for these settings that came out smaller than asked (see
+    :func:`_true_bpe_name`): ``bpe-<N>`` beside ``out`` with N below the size asked."""
+    if settings["tokenizer"] != "bpe" or not out.parent.is_dir():
+        return None
+    for folder in sorted(out.parent.glob("bpe-*")):
+        size = folder.name[len("bpe-") :]
+        if size.isdigit() and int(size) < settings["vocab_size"]:
+            found = _reuse(folder, source, settings)
+            if found is not None:
+                return found
+    return None
 
 
 def load_prepared(path: str | os.PathLike) -> PreparedData:
@@ -241,7 +313,7 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
     for split in ("train", "val"):
         try:
             expected = int(meta[f"{split}_tokens"]) * data.dtype.itemsize
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise DataError(f"{meta_path} is damaged (bad {err}); prepare the dataset again") from None
         file = path / f"{split}.bin"
         if not file.is_file() or file.stat().st_size != expected:

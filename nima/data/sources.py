@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nima.errors import DataError
-from nima.files import atomic_copy, atomic_write, sha256_file
+from nima.files import atomic_copy, atomic_write, one_line, sha256_file, why_unwritable
 
 READ_BLOCK_BYTES = 1 << 20
 
@@ -106,6 +106,8 @@ def read_text_blocks(
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as err:
                 raise _decode_error(path, encoding, position - held_back + err.start) from None
+            except (UnicodeError, ValueError) as err:  # utf-16 / utf-32 without a byte-order mark ...
+                raise _decode_error(path, encoding, position - held_back, one_line(err)) from None
             position += len(raw)
             if text:
                 yield text
@@ -113,14 +115,14 @@ def read_text_blocks(
                 return
 
 
-def _decode_error(path: Path, encoding: str, offset: int) -> DataError:
+def _decode_error(path: Path, encoding: str, offset: int, why: str = "") -> DataError:
     hint = (
         "--encoding latin-1"
         if encoding.replace("_", "-").lower() in ("utf-8", "utf8")
         else "--encoding utf-8"
     )
     return DataError(
-        f"{path} is not valid {encoding} text at byte offset {offset}; "
+        f"{path} is not valid {encoding} text at byte offset {max(offset, 0)}{f' ({why})' if why else ''}; "
         f"pass the file's encoding, for example {hint}"
     )
 
@@ -135,6 +137,8 @@ def _jsonl_documents(path: Path, encoding: str, text_field: str, hasher) -> Iter
                 line = raw.decode(encoding)
             except UnicodeDecodeError as err:
                 raise _decode_error(path, encoding, position + err.start) from None
+            except (UnicodeError, ValueError) as err:
+                raise _decode_error(path, encoding, position, one_line(err)) from None
             position += len(raw)
             if not line.strip():
                 continue
@@ -157,14 +161,21 @@ def _jsonl_documents(path: Path, encoding: str, text_field: str, hasher) -> Iter
                 yield iter((text,))
 
 
-def check_encoding(encoding: str) -> str:
-    """The encoding's name, or a DataError for an unknown one."""
+def check_encoding(encoding: str, option: str = "--encoding") -> str:
+    """The encoding's name, or a DataError for one that is unknown or not a text encoding (Python
+    also knows bytes-to-bytes codecs such as ``hex``, ``zlib`` and ``base64``, and ``rot13``, which
+    works on str: none of them decodes a file into text)."""
     try:
-        codecs.lookup(encoding)
-    except LookupError:
+        info = codecs.lookup(encoding)
+    except (LookupError, TypeError, ValueError):
         raise DataError(
-            f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1"
+            f"unknown {option} {encoding!r}; use a Python codec name such as utf-8 or latin-1"
         ) from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise DataError(
+            f"{option} {encoding!r} is not a text encoding (it maps bytes to bytes or text to text); "
+            "use a text codec such as utf-8 or latin-1"
+        )
     return encoding
 
 
@@ -225,11 +236,17 @@ def fetch_known_dataset(known: KnownDataset, data_dir: Path, offline: bool = Fal
     target = Path(data_dir) / known.name / known.filename
     if target.is_file() and sha256_file(target) == known.sha256:
         return target
+    why = why_unwritable(target.parent)  # before copying or downloading anything
+    if why is not None:
+        raise DataError(f"cannot write {known.name} under {target.parent}: {why}; choose another --data_dir")
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         candidate = Path(mirror) / known.name / known.filename
         if candidate.is_file() and sha256_file(candidate) == known.sha256:
-            atomic_copy(candidate, target)
+            try:
+                atomic_copy(candidate, target)
+            except OSError as err:
+                raise DataError(f"cannot copy {candidate} to {target}: {one_line(err)}") from None
             return target
     where = f"put the file at {target}" + (f" (or in {MIRROR_ENV}={mirror})" if mirror else "")
     if offline:

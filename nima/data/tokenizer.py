@@ -34,6 +34,9 @@ EOT_TEXT = "<|endoftext|>"
 TOKENIZER_FORMAT = "nima-tokenizer-v1"
 MIN_BPE_VOCAB = 257
 """256 byte values plus the end-of-text token: the smallest byte-level BPE vocabulary."""
+MAX_BPE_VOCAB = 1 << 22
+"""Four million ids: several times the largest vocabularies in use (about 256k). The trainer
+reserves room for the size asked up front, so a typo of a billion would ask for tens of GiB."""
 
 
 class StreamDecoder:
@@ -369,6 +372,11 @@ def check_bpe_vocab_size(vocab_size: int | None) -> int:
         raise DataError(
             f"--vocab_size {vocab_size} is too small for byte-level BPE: it needs at least {MIN_BPE_VOCAB} "
             "(256 byte values + <|endoftext|>); try 1000 to 50000"
+        )
+    if vocab_size > MAX_BPE_VOCAB:
+        raise DataError(
+            f"--vocab_size {vocab_size} is more than Nima trains BPE to (at most {MAX_BPE_VOCAB:,} ids; "
+            "vocabularies in use have 1,000 to 256,000)"
         )
     return vocab_size
 

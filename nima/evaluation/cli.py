@@ -17,7 +17,7 @@ import numpy as np
 
 from nima.cli import CommandParser
 from nima.data import load_prepared
-from nima.errors import DataError
+from nima.errors import ConfigError, DataError
 from nima.evaluation.evaluate import evaluate_tokens
 from nima.inference.loading import LoadedModel, add_loading_options, load_for_inference, set_threads
 from nima.runtime.precision import inference_precision
@@ -68,6 +68,8 @@ def _read_text(path: Path) -> str:
         raise DataError(f"text file not found: {path}") from None
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {err.start})") from None
+    except OSError as err:  # a folder, no permission ...
+        raise DataError(f"cannot read text file {path}: {err.strerror or err}") from None
     if not text:
         raise DataError(f"{path} is empty: nothing to evaluate")
     return text
@@ -97,12 +99,22 @@ def _split_tokens(folder: Path, split: str, loaded: LoadedModel) -> np.ndarray:
             f"{folder} was prepared with a different tokenizer than the model of {loaded.checkpoint_path}; "
             "pass the dataset the model was trained on with --data FOLDER"
         )
-    return prepared.tokens(split)
+    return prepared.tokens(split, vocab_size=int(loaded.model.config.vocab_size))
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The numeric options, before anything is loaded (the stride's upper bound, the context
+    length, needs the model)."""
+    for option in ("max_tokens", "context_length", "stride", "batch_size"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option} {value} must be at least 1")
 
 
 def main(argv: list[str]) -> int:
     """Run ``nima eval``; returns the exit code (user errors raise NimaError)."""
     args = build_parser().parse_args(argv)
+    _check_options(args)
     set_threads(args.threads)
     loaded = load_for_inference(
         args.checkpoint, tokenizer=args.tokenizer, device=args.device, data_dir=args.data_dir

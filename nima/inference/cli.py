@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nima.cli import CommandParser
-from nima.errors import DataError, NimaError
+from nima.errors import ConfigError, DataError, NimaError
 from nima.inference.generate import SamplingSettings, encode_prompt, stream_text
 from nima.inference.loading import (
     LoadedModel,
@@ -23,6 +23,7 @@ from nima.inference.loading import (
     load_for_inference,
     set_threads,
 )
+from nima.models import check_sampling
 
 EXAMPLES = """examples:
   nima generate --checkpoint experiments/checkpoints/best_model.pt --prompt "ROMEO:" --seed 0
@@ -66,10 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> SamplingSettings:
+    """The sampling settings, checked before anything is loaded or printed."""
     if args.num_samples < 1:
         raise NimaError(f"--num_samples {args.num_samples} must be at least 1")
     if args.max_new_tokens < 0:
         raise NimaError(f"--max_new_tokens {args.max_new_tokens} must be 0 or more")
+    sampling = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    check_sampling(*sampling, seed=args.seed, prefix="--")
+    if args.seed is not None and args.seed + args.num_samples - 1 >= 2**64:
+        raise ConfigError(f"--seed {args.seed} + --num_samples {args.num_samples} goes past 2**64 - 1")
     return SamplingSettings(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -88,6 +94,8 @@ def _read_prompt_file(path: Path) -> str:
         raise DataError(f"prompt file not found: {path}") from None
     except UnicodeDecodeError as err:
         raise DataError(f"prompt file {path} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:  # a folder, no permission ...
+        raise DataError(f"cannot read prompt file {path}: {err.strerror or err}") from None
 
 
 def _interactive_prompts() -> Iterator[str]:

@@ -16,6 +16,7 @@ error naming both identities; an automatic one is skipped.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from nima.errors import CheckpointError, ConfigError, DataError
 from nima.runtime.device import resolve_device
 
 STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng")
+MAX_THREADS_PER_CPU = 4
 
 
 @dataclass
@@ -80,6 +82,12 @@ def set_threads(threads: int | None) -> None:
         return
     if threads < 1:
         raise ConfigError(f"--threads {threads} must be at least 1")
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if threads > most:  # each thread is a real OS thread: a million would bring the machine down
+        raise ConfigError(
+            f"--threads {threads} is more than {MAX_THREADS_PER_CPU} per CPU of this machine "
+            f"({os.cpu_count()} CPUs); use at most {most}"
+        )
     torch.set_num_threads(threads)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nima.cli import CommandParser
 from nima.errors import ConfigError
+from nima.files import check_writable
 from nima.inference.loading import add_loading_options, describe_identity, load_for_inference
 from nima.interop.huggingface import export_huggingface
 
@@ -47,15 +48,19 @@ def main(argv: list[str]) -> int:
     """Run ``nima export``; returns the exit code (user errors raise NimaError)."""
     args = build_parser().parse_args(argv)
     out: Path = args.out
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} already exists; choose another --out or add --overwrite")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file, not a folder; choose another --out")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out or add --overwrite")
+    check_writable(out, "--out")  # before the checkpoint is loaded
     loaded = load_for_inference(
         args.checkpoint, tokenizer=args.tokenizer, device="cpu", data_dir=args.data_dir
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise ConfigError(f"--out {out} cannot be written: {err.strerror or err}; choose another") from None
     try:
         export_huggingface(loaded.model, staging, loaded.tokenizer)
         if out.exists():

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from nima.data.tokenizer import EOT_TEXT, BPETokenizer, byte_level_alphabet, tokenizer_from_dict
 from nima.errors import ConfigError, DataError
+from nima.files import one_line, reading
 from nima.models import GPT, ModelConfig
 
 
@@ -227,14 +228,16 @@ def import_huggingface(folder: str | Path) -> tuple[GPT, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    hf = json.loads(config_path.read_text(encoding="utf-8"))
+    hf = _read_json(config_path)
     model_type = hf.get("model_type")
-    if model_type == "gpt2":
-        config = _gpt2_config(hf)
-    elif model_type in ("llama", "qwen3"):
-        config = _llama_config(hf, qk_norm=model_type == "qwen3")
-    else:
+    if model_type not in ("gpt2", "llama", "qwen3"):
         raise ConfigError(f"{folder}: model_type {model_type!r} cannot be imported (gpt2, llama or qwen3)")
+    try:
+        config = _gpt2_config(hf) if model_type == "gpt2" else _llama_config(hf, model_type == "qwen3")
+    except KeyError as err:
+        raise ConfigError(f"{config_path} has no {err.args[0]!r}, which {model_type} configs need") from None
+    except Exception as err:  # a ConfigError too: values of the wrong type or range
+        raise ConfigError(f"{config_path} cannot be imported: {one_line(err)}") from None
     model = GPT(config)
     weights = _read_safetensors(folder)
     _, exported = (_gpt2 if config.arch == "gpt2" else _llama)(model)
@@ -334,10 +337,20 @@ def _name_map(model: GPT, exported: dict[str, torch.Tensor]) -> list[tuple[str, 
     return out
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file of the folder; ConfigError naming the file when it is not one."""
+    with reading(path, "JSON file", ConfigError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a JSON {type(data).__name__}, not an object of settings")
+    return data
+
+
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        with reading(index, "safetensors index (weight_map of file names)", ConfigError):
+            shards = sorted({str(name) for name in _read_json(index)["weight_map"].values()})
     elif (folder / "model.safetensors").is_file():
         shards = ["model.safetensors"]
     else:
@@ -347,23 +360,28 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
         )
     weights: dict[str, torch.Tensor] = {}
     for shard in shards:
-        weights.update(load_file(str(folder / shard)))
+        with reading(folder / shard, "safetensors file (truncated or damaged)", ConfigError):
+            weights.update(load_file(str(folder / shard)))
     return weights
 
 
 def _import_tokenizer(folder: Path) -> Any:
     settings_path = folder / "tokenizer_config.json"
-    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+    settings = _read_json(settings_path) if settings_path.is_file() else {}
     if "nima_tokenizer" in settings:  # written by export_tokenizer: the exact original
-        return tokenizer_from_dict(settings["nima_tokenizer"], source=str(settings_path))
+        with reading(settings_path, "Nima tokenizer (nima_tokenizer)", DataError):
+            return tokenizer_from_dict(settings["nima_tokenizer"], source=str(settings_path))
     path = folder / "tokenizer.json"
     if not path.is_file():
         return None
-    hf = HFTokenizer.from_file(str(path))
+    with reading(path, "Hugging Face tokenizer", DataError):
+        hf = HFTokenizer.from_file(str(path))
+        eos_token = _eos_token(hf, settings, folder)
     # Byte-level BPE (GPT-2, Qwen, SmolLM ...) and SentencePiece-style BPE with byte fallback
     # (Llama 2, Mistral) map every token to bytes; BPETokenizer refuses the others (WordPiece, Unigram).
     try:
-        return BPETokenizer(hf, eos_token=_eos_token(hf, settings, folder))
+        with reading(path, "Hugging Face tokenizer", DataError):
+            return BPETokenizer(hf, eos_token=eos_token)
     except DataError:
         return None
 
@@ -378,7 +396,7 @@ def _eos_token(hf: Any, settings: dict[str, Any], folder: Path) -> str:
         return named
     for name in ("generation_config.json", "config.json"):
         file = folder / name
-        eos_id = json.loads(file.read_text(encoding="utf-8")).get("eos_token_id") if file.is_file() else None
+        eos_id = _read_json(file).get("eos_token_id") if file.is_file() else None
         if isinstance(eos_id, list):
             eos_id = eos_id[0] if eos_id else None
         if isinstance(eos_id, int) and hf.id_to_token(eos_id) is not None:

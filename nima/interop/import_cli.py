@@ -13,6 +13,7 @@ from pathlib import Path
 from nima.checkpoint import save_model_checkpoint
 from nima.cli import CommandParser
 from nima.errors import ConfigError
+from nima.files import check_writable
 from nima.inference.loading import describe_identity
 from nima.interop.huggingface import import_huggingface
 
@@ -43,8 +44,10 @@ def main(argv: list[str]) -> int:
     """Run ``nima import``; returns the exit code (user errors raise NimaError)."""
     args = build_parser().parse_args(argv)
     target = args.out / "checkpoints" / "model.pt"
-    if target.exists() and not args.overwrite:
-        raise ConfigError(f"{target} already exists; choose another --out or add --overwrite")
+    for existing in (target, args.out / "tokenizer.json"):  # the two files an import writes
+        if existing.exists() and not args.overwrite:
+            raise ConfigError(f"{existing} already exists; choose another --out or add --overwrite")
+    check_writable(target.parent, "--out")  # before the model is read
     model, tokenizer = import_huggingface(args.hf_model)
     if tokenizer is None:
         raise ConfigError(

@@ -8,6 +8,7 @@ from nima.models.attention import CausalSelfAttention, KVCache
 from nima.models.config import ARCHITECTURES, ModelConfig
 from nima.models.generation import (
     apply_repetition_penalty,
+    check_sampling,
     generate,
     generate_stream,
     sample_next_token,
@@ -46,6 +47,7 @@ __all__ = [
     "ModelOutput",
     "SequenceTooLongError",
     "apply_repetition_penalty",
+    "check_sampling",
     "chunked_cross_entropy",
     "create_gpt_large",
     "create_gpt_medium",

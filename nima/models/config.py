@@ -131,6 +131,15 @@ class ModelConfig(ConfigSection, section="model"):
             return 64 * math.ceil(8 * self.d_model / 3 / 64)
         return 4 * self.d_model
 
+    def approx_parameters(self) -> int:
+        """About how many numbers building the model allocates (weights, and rotary tables for
+        llama), from the shape alone: for refusing a model that cannot be built before trying."""
+        d, kv = self.d_model, self.kv_heads * self.head_dim
+        per_layer = d * (d + 2 * kv) + d * d + (3 if self.arch == "llama" else 2) * d * self.ff_dim + 4 * d
+        embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        positions = self.max_seq_len * (d if self.arch == "gpt2" else self.head_dim)
+        return embeddings + positions + self.n_layers * per_layer + 2 * d
+
     # -- (de)serialisation ----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,13 +11,14 @@ A prompt longer than ``max_seq_len`` is cut to its last ``max_seq_len`` tokens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any, Protocol
 
 import torch
 
-from nima.errors import ConfigError
+from nima.errors import CheckpointError, ConfigError
 from nima.models.attention import KVCache
 from nima.models.config import ModelConfig
 
@@ -72,6 +73,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     probs = torch.softmax(sorted_logits, dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above
     drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # the top token stays, even for a p that rounds to 0 in float32
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -86,28 +88,53 @@ def sample_next_token(
     """One token id per row of ``logits`` (B, V) -> (B,). Temperature 0 is greedy (argmax)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # A tiny temperature (or repetition penalty) can overflow to inf, and softmax of inf is nan:
+    # the largest float instead keeps the choice what it tends to (greedy among the largest).
+    logits = torch.nan_to_num(logits.float() / temperature, nan=float("-inf"), neginf=float("-inf"))
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
+    # A row with no finite score left (scores that overflowed later on) samples uniformly instead
+    # of failing: elementwise, so no wait for the device.
+    probs = torch.where(torch.isfinite(probs).all(dim=-1, keepdim=True), probs, torch.ones_like(probs))
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _check_arguments(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float
+def check_sampling(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    seed: int | None = None,
+    prefix: str = "",
 ) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
-        raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    if not repetition_penalty > 0:
-        raise ConfigError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
+    """ConfigError for a sampling setting out of range, naming it ``<prefix><name>`` (``--top_p``
+    where the settings are command-line options; None means off, as in :func:`generate`)."""
+    off = "" if prefix else " or None"
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, Integral) and not isinstance(value, bool)
+
+    def number(value: Any) -> bool:
+        return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not whole(max_new_tokens) or max_new_tokens < 0:
+        raise ConfigError(f"{prefix}max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    if not number(temperature) or temperature < 0:
+        raise ConfigError(f"{prefix}temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and (not whole(top_k) or top_k < 1):
+        raise ConfigError(f"{prefix}top_k must be a whole number >= 1{off}, got {top_k!r}")
+    if top_p is not None and not (number(top_p) and 0 < top_p <= 1):
+        raise ConfigError(f"{prefix}top_p must be in (0, 1]{off}, got {top_p!r}")
+    if not number(repetition_penalty) or repetition_penalty <= 0:
+        raise ConfigError(
+            f"{prefix}repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}"
+        )
+    if seed is not None and (not whole(seed) or not -(2**63) <= seed < 2**64):
+        raise ConfigError(f"{prefix}seed must be a whole number from -2**63 to 2**64 - 1, got {seed!r}")
 
 
 def _as_batch(model: CausalLM, input_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -144,7 +171,13 @@ def _token_steps(
     if seed is not None and temperature != 0:
         generator = torch.Generator(device=prompt.device).manual_seed(seed)
     # All tokens so far (for the repetition penalty and cache rebuilds), written in place.
-    tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=prompt.device)
+    try:
+        tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=prompt.device)
+    except (RuntimeError, MemoryError, TypeError, ValueError):  # out of memory, or past a tensor's size
+        raise ConfigError(
+            f"max_new_tokens={max_new_tokens} is more tokens than this machine can hold "
+            f"({B} x {T0 + max_new_tokens} ids of 8 bytes); ask for fewer"
+        ) from None
     tokens[:, :T0] = prompt
     n = T0
     finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
@@ -162,6 +195,11 @@ def _token_steps(
             for step in range(max_new_tokens):
                 if cache is None:
                     logits = model.last_token_logits(tokens[:, max(0, n - window) : n])
+                if step == 0 and not bool(torch.isfinite(logits).all()):  # one check: one sync
+                    raise CheckpointError(
+                        "the model's next-token scores are nan or inf: its weights are damaged (or far too "
+                        "large), so it cannot generate; use another checkpoint"
+                    )
                 if repetition_penalty != 1.0:
                     logits = apply_repetition_penalty(logits, tokens[:, :n], repetition_penalty)
                 next_ids = sample_next_token(logits, temperature, top_k, top_p, generator)
@@ -213,7 +251,7 @@ def generate(
 
     The model runs in eval mode without gradients and is put back in its previous mode.
     """
-    _check_arguments(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     was_1d = not isinstance(input_ids, torch.Tensor) or input_ids.dim() == 1
     prompt = _as_batch(model, input_ids)
     new = list(
@@ -249,7 +287,7 @@ def generate_stream(
 ) -> Iterator[int]:
     """Like :func:`generate` for one prompt ((T,), list, or (1, T)), but yields each new token id
     (an int) as soon as it is sampled; stops after ``eos_token_id`` (which is yielded)."""
-    _check_arguments(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     prompt = _as_batch(model, input_ids)
     if prompt.shape[0] != 1:
         raise ConfigError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nima.data.loader import IGNORE_INDEX  # the label the loss skips (padding, prompt tokens)
-from nima.errors import NimaError
+from nima.errors import ConfigError, NimaError
 from nima.models.attention import CausalSelfAttention, KVCache
 from nima.models.config import ModelConfig
 from nima.models.generation import generate, generate_stream
@@ -57,6 +58,31 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _physical_memory() -> int | None:
+    """Bytes of RAM this machine has in all (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _refuse_unbuildable(config: ModelConfig) -> None:
+    """ConfigError for a model whose fp32 weights alone are more than this machine's memory:
+    building it would end in a crash, after minutes of building modules (a shape from a typo, or
+    from a damaged file). Shapes only (meta device) are always allowed."""
+    memory = _physical_memory()
+    if memory is None or torch.get_default_device().type == "meta":
+        return
+    weights = 4 * config.approx_parameters()
+    if weights > memory:
+        raise ConfigError(
+            f"this model cannot be built here: {config.approx_parameters():,} parameters "
+            f"(model.n_layers={config.n_layers}, model.d_model={config.d_model}, model.vocab_size="
+            f"{config.vocab_size}, model.max_seq_len={config.max_seq_len}) need {weights // 2**30:,} GiB "
+            f"for their fp32 weights alone, and this machine has {memory / 2**30:.1f} GiB: use a smaller one"
+        )
+
+
 class GPT(nn.Module):
     """A GPT-style language model of the gpt2 or llama family (see :class:`ModelConfig`).
 
@@ -68,6 +94,7 @@ class GPT(nn.Module):
         super().__init__()
         if isinstance(config, Mapping):
             config = ModelConfig.from_dict(config)
+        _refuse_unbuildable(config)
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         # gpt2 adds learned absolute positions to the input; llama rotates queries/keys instead.

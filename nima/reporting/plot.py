@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nima.errors import ConfigError
-from nima.files import atomic_write_bytes
+from nima.files import atomic_write_bytes, one_line
 from nima.reporting.runs import RunFolder, load_run, series
 
 X_AXES = ("step", "tokens", "time")
@@ -35,12 +35,18 @@ def _x_key(x: str) -> str:
     return "time_s" if x == "time" else x
 
 
+def _plain_text(text: str) -> str:
+    """``text`` as matplotlib shows it literally: a ``$`` would start mathematical notation (and
+    an unbalanced one fail the drawing)."""
+    return text.replace("$", r"\$")
+
+
 def _run_names(runs: Sequence[RunFolder]) -> list[str]:
     """Folder names, with their parent where two runs share a name."""
     names = [run.name for run in runs]
-    if len(set(names)) == len(names):
-        return names
-    return [f"{run.path.resolve().parent.name}/{run.name}" for run in runs]
+    if len(set(names)) != len(names):
+        names = [f"{run.path.resolve().parent.name}/{run.name}" for run in runs]
+    return [_plain_text(name) for name in names]
 
 
 def _time_scale(runs: Sequence[RunFolder]) -> tuple[float, str]:
@@ -87,7 +93,7 @@ def plot_runs(
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         elif len(metrics) > 1 or several:
             ax.legend(fontsize="small", loc="best")
-    fig.suptitle(title or _default_title(folders, names), fontsize=13)
+    fig.suptitle(_plain_text(title) if title else _default_title(folders, names), fontsize=13)
     return _save_png(fig, output)
 
 
@@ -193,7 +199,13 @@ def _label_panel(ax: Any, title: str, x_label: str, y_label: str, metrics: list[
 def _save_png(fig: Any, output: str | Path) -> Path:
     """Render ``fig`` in memory, then write it atomically (a reader never sees half a PNG)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    try:
+        fig.savefig(buffer, format="png")
+    except (ValueError, OverflowError) as err:  # ticks for a value near 1e308 (a diverged run's lr)
+        raise ConfigError(
+            f"cannot draw {output}: a value in logs/metrics.jsonl is too large to plot ({one_line(err)}); "
+            "leave that run out"
+        ) from None
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_bytes(output, buffer.getvalue())

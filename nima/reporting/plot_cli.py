@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from nima.cli import CommandParser
+from nima.files import check_writable
 from nima.reporting.plot import PLOT_FILE, X_AXES, plot_runs
 from nima.reporting.runs import run_folder_of
 
@@ -45,6 +46,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     folders = [run_folder_of(path) for path in args.runs]
     output = args.output or (folders[0] / PLOT_FILE if len(folders) == 1 else Path("runs.png"))
+    check_writable(output, "--output", folder=False)  # before the runs are read and drawn
     written = plot_runs(folders, output, x=args.x, title=args.title)
     print(f"wrote {written}")
     return 0

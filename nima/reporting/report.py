@@ -20,7 +20,7 @@ from nima.data.preparation import load_prepared
 from nima.evaluation.text_units import count_text_units
 from nima.files import atomic_write_text
 from nima.reporting.plot import MISSING, PLOT_FILE, plots_available
-from nima.reporting.runs import RunFolder, load_run, rerun_commands
+from nima.reporting.runs import CONFIG_FILE, RUN_INFO_FILE, RunFolder, load_run, rerun_commands
 
 REPORT_FILE = "report.md"
 BYTES_SAMPLE_TOKENS = 262_144
@@ -40,6 +40,21 @@ def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    """A whole number >= 0 from a run's files, or None (a hand-edited or damaged file can hold
+    anything: the report shows "?" rather than failing)."""
+    number = _num(value)
+    return int(number) if number is not None and number >= 0 and number == int(number) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _first(*values: Any) -> Any:
@@ -97,8 +112,8 @@ def gather(run: RunFolder) -> dict[str, Any]:
     """The report's figures, from whichever of the run's files has them."""
     info, results, ckpt = run.info, run.results or {}, run.checkpoint or {}
     config = run.config or {}
-    model = config.get("model") or ckpt.get("model_config") or {}
-    training = config.get("training") or ckpt.get("training_config") or {}
+    model = _mapping(config.get("model")) or _mapping(ckpt.get("model_config"))
+    training = _mapping(config.get("training")) or _mapping(ckpt.get("training_config"))
     records = run.records
     val = run.values("val_loss")
     best_val = _first(
@@ -117,33 +132,39 @@ def gather(run: RunFolder) -> dict[str, Any]:
             ),
             None,
         )
-    steps = _first(results.get("steps"), ckpt.get("step"), records[-1]["step"] if records else None)
-    tokens_logged = [r["tokens"] for r in records if _num(r.get("tokens")) is not None]
+    steps = _first(
+        _count(results.get("steps")), _count(ckpt.get("step")), records[-1]["step"] if records else None
+    )
+    tokens_logged = [_count(r.get("tokens")) for r in records if _count(r.get("tokens")) is not None]
     tokens_total = _first(
-        tokens_logged[-1] if tokens_logged else None, ckpt.get("tokens_seen"), results.get("tokens")
+        tokens_logged[-1] if tokens_logged else None,
+        _count(ckpt.get("tokens_seen")),
+        _count(results.get("tokens")),
     )
     mfu = [v for v in run.values("mfu")[1:] or run.values("mfu")]
     memory = run.values("memory_gib")
     prepared = _first(
-        info.get("prepared_path"), ckpt.get("prepared_path"), (ckpt.get("data") or {}).get("prepared_path")
+        _text(info.get("prepared_path")),
+        _text(ckpt.get("prepared_path")),
+        _text(_mapping(ckpt.get("data")).get("prepared_path")),
     )
     ratio = bytes_per_token(prepared) if final_val is not None or best_val is not None else None
     return {
         "name": run.name,
         "model": model,
         "training": training,
-        "data": config.get("data") or {},
+        "data": _mapping(config.get("data")),
         "prepared_path": prepared,
-        "tokenizer": ckpt.get("tokenizer") or {},
-        "parameters": _first(info.get("parameters"), ckpt.get("parameters")),
+        "tokenizer": _mapping(ckpt.get("tokenizer")),
+        "parameters": _first(_count(info.get("parameters")), _count(ckpt.get("parameters"))),
         "steps": steps,
         "epochs": _num(results.get("epochs")),
         "tokens_total": tokens_total,
-        "tokens_session": results.get("tokens"),
+        "tokens_session": _count(results.get("tokens")),
         "wall_time_s": _num(results.get("wall_time_s")),
         "train_tokens_per_s": _num(results.get("train_tokens_per_s")),
         "tokens_per_s": _num(results.get("tokens_per_s")),
-        "stop_reason": results.get("stop_reason"),
+        "stop_reason": _text(results.get("stop_reason")),
         "final_train_loss": _first(_num(results.get("final_train_loss")), (run.values("loss") or [None])[-1]),
         "final_val_loss": final_val,
         "best_val_loss": best_val,
@@ -152,15 +173,15 @@ def gather(run: RunFolder) -> dict[str, Any]:
         "mfu": sorted(mfu)[len(mfu) // 2] if mfu else None,
         "peak_memory_gib": max(memory) if memory else None,
         "skipped_steps": int(sum(run.values("skipped_steps"))),
-        "device": info.get("device"),
-        "device_name": info.get("device_name"),
-        "precision": _first(info.get("precision"), results.get("precision"), ckpt.get("precision")),
-        "precision_reason": info.get("precision_reason"),
-        "torch": info.get("torch"),
-        "world_size": _first(info.get("world_size"), ckpt.get("world_size")),
-        "sample": info.get("sample"),
-        "sample_step": info.get("sample_step"),
-        "sample_settings": info.get("sample_settings"),
+        "device": _text(info.get("device")),
+        "device_name": _text(info.get("device_name")),
+        "precision": _first(*(_text(d.get("precision")) for d in (info, results, ckpt))),
+        "precision_reason": _text(info.get("precision_reason")),
+        "torch": _text(info.get("torch")),
+        "world_size": _first(_count(info.get("world_size")), _count(ckpt.get("world_size"))),
+        "sample": _text(info.get("sample")),
+        "sample_step": _count(info.get("sample_step")),
+        "sample_settings": _text(info.get("sample_settings")),
     }
 
 
@@ -372,9 +393,14 @@ def _sample(f: dict[str, Any]) -> list[str]:
 def _config(run: RunFolder) -> list[str]:
     """The resolved config.yaml, or the configs of a run trained from Python, folded away."""
     out = ["", "## Config", ""]
+    if run.config_problem:
+        out += [f"`{CONFIG_FILE}` cannot be used: {run.config_problem}", ""]
     if run.config_text or run.config:
         if run.config_text:
             summary, text = f"{run.config_path} (every value, resolved)", run.config_text
+        elif run.config_problem:
+            summary = f"the configs the run recorded in {RUN_INFO_FILE}"
+            text = yaml.safe_dump(run.config, sort_keys=False)
         else:
             summary = "trained from Python (no config.yaml): its configs"
             text = yaml.safe_dump(run.config, sort_keys=False)

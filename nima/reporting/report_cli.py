@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from nima.cli import CommandParser
+from nima.files import check_writable
 from nima.reporting.plot import PLOT_FILE, plot_runs, plots_available
-from nima.reporting.report import write_report
-from nima.reporting.runs import load_run
+from nima.reporting.report import REPORT_FILE, write_report
+from nima.reporting.runs import RUN_INFO_FILE, load_run
 from nima.reporting.sample import sample_from_checkpoint
 
 EXAMPLES = """examples:
@@ -44,9 +46,17 @@ def main(argv: list[str]) -> int:
     """Run ``nima report``; returns the exit code (user errors raise NimaError)."""
     args = build_parser().parse_args(argv)
     run = load_run(args.run)
-    if (args.plot or not (run.path / PLOT_FILE).is_file()) and plots_available() and run.records:
+    draw = (args.plot or not (run.path / PLOT_FILE).is_file()) and plots_available() and bool(run.records)
+    sample = (args.sample or not run.info.get("sample")) and run.checkpoint_path is not None
+    # Every file the report writes, checked before the first is written.
+    writes = [REPORT_FILE] + [PLOT_FILE] * draw + [RUN_INFO_FILE] * sample
+    for name in writes:
+        check_writable(run.path / name, "RUN_DIR", folder=False)
+    if run.config_problem:
+        print(f"warning: {run.config_problem} (report.md leaves it out)", file=sys.stderr)
+    if draw:
         print(f"wrote {plot_runs([run], run.path / PLOT_FILE)}")
-    if (args.sample or not run.info.get("sample")) and run.checkpoint_path is not None:
+    if sample:
         sampled = sample_from_checkpoint(run.path, run.checkpoint_path)
         if sampled:
             run = load_run(run.path)

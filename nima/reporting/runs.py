@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from nima.checkpoint import load_checkpoint_file, newest_checkpoint
+from nima.config import RunConfig
 from nima.errors import ConfigError
 from nima.files import atomic_write_json, atomic_write_text
 
@@ -52,11 +53,12 @@ def write_run_config(output_dir: str | Path, config: Any, command: str | None = 
 
 
 def read_run_config(path: str | Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The config dict of a ``config.yaml`` and the command in its header (None for what is missing)."""
+    """The config dict of a ``config.yaml`` and the command in its header (None for what is missing
+    or unreadable: :func:`run_config_problem` says why)."""
     path = Path(path)
     if not path.is_file():
         return None, None
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8", errors="replace")
     command = next(
         (
             line[len(COMMAND_PREFIX) :].strip()
@@ -67,9 +69,22 @@ def read_run_config(path: str | Path) -> tuple[dict[str, Any] | None, str | None
     )
     try:
         config = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except Exception:  # any YAML problem: run_config_problem() names it
         config = None
     return (config if isinstance(config, dict) else None), command
+
+
+def run_config_problem(path: str | Path) -> str | None:
+    """Why the run folder's ``config.yaml`` at ``path`` cannot train the run again (it is not
+    UTF-8, not YAML, or not a valid config), or None when it can or there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        RunConfig.from_yaml(path)
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 def rerun_commands(command: str | None, config_path: str | None) -> dict[str, str]:
@@ -194,6 +209,8 @@ class RunFolder:
     results: dict[str, Any] | None = None
     """results.json, else the results in run_info.json."""
     info: dict[str, Any] = field(default_factory=dict)
+    config_problem: str | None = None
+    """Why config.yaml cannot be used (damaged or invalid), when it cannot."""
     checkpoint: dict[str, Any] | None = None
     """The newest checkpoint's metadata (no tensors) and ``parameters``, when asked for."""
     checkpoint_path: Path | None = None
@@ -204,8 +221,9 @@ class RunFolder:
 
     @property
     def config_path(self) -> Path | None:
+        """config.yaml, when there is one that trains the run again."""
         path = self.path / CONFIG_FILE
-        return path if path.is_file() else None
+        return path if path.is_file() and not self.config_problem else None
 
     def values(self, metric: str) -> list[float]:
         return series(self.records, metric)[1]
@@ -236,29 +254,35 @@ def load_run(path: str | Path, checkpoint: bool = True) -> RunFolder:
     root = run_folder_of(path)
     run = RunFolder(root, records=read_metrics(root / METRICS_FILE))
     info_path = root / RUN_INFO_FILE
-    if info_path.is_file():
-        try:
-            loaded = json.loads(info_path.read_text(encoding="utf-8"))
-            run.info = loaded if isinstance(loaded, dict) else {}
-        except json.JSONDecodeError:
-            run.info = {}
+    run.info = _json_object(info_path) or {}
     run.config, run.command = read_run_config(root / CONFIG_FILE)
+    run.config_problem = run_config_problem(root / CONFIG_FILE)
+    if run.config_problem:
+        run.config = None
     if run.config is not None:
-        text = (root / CONFIG_FILE).read_text(encoding="utf-8")
+        text = (root / CONFIG_FILE).read_text(encoding="utf-8", errors="replace")
         run.config_text = "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
     elif isinstance(run.info.get("config"), dict):
         run.config = run.info["config"]
     results_path = root / RESULTS_FILE
-    if results_path.is_file():
-        try:
-            run.results = json.loads(results_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            run.results = None
+    run.results = _json_object(results_path)
     if isinstance(run.info.get("results"), dict) and _newer(info_path, results_path):
         run.results = run.info["results"]
     if checkpoint:
         run.checkpoint_path, run.checkpoint = newest_checkpoint_info(root)
     return run
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing or damaged (a killed writer's, or
+    edited by hand): the report is made from what the folder has."""
+    if not path.is_file():
+        return None
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _newer(a: Path, b: Path) -> bool:
@@ -298,12 +322,7 @@ def newest_checkpoint_info(root: Path) -> tuple[Path | None, dict[str, Any] | No
 def update_run_info(output_dir: str | Path, **values: Any) -> Path:
     """Merge ``values`` into ``<output_dir>/logs/run_info.json``."""
     path = Path(output_dir) / RUN_INFO_FILE
-    info: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            info = {}
+    info = _json_object(path) or {}
     info.update(values)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_json(path, info)

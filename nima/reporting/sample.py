@@ -45,13 +45,14 @@ def sample_from_checkpoint(
     run_dir: str | Path, checkpoint: str | Path, max_new_tokens: int = SAMPLE_TOKENS
 ) -> str | None:
     """Generate a sample from ``checkpoint`` on the CPU and record it in the run's run_info.json;
-    None (and nothing recorded) when its model or tokenizer cannot be loaded."""
+    None (and nothing recorded) when its model or tokenizer cannot be loaded, or the model cannot
+    generate (damaged weights)."""
     try:
         loaded = load_for_inference(checkpoint, device="cpu")
+        text = generate_sample(loaded.model, loaded.tokenizer, loaded.device, max_new_tokens)
     except NimaError as err:
         print(f"note: no sample ({err})")
         return None
-    text = generate_sample(loaded.model, loaded.tokenizer, loaded.device, max_new_tokens)
     update_run_info(
         run_dir,
         sample=text,

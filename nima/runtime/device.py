@@ -28,10 +28,18 @@ def resolve_device(
             name = "cpu"
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"{option}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    known = device is not None and device.type in ("cpu", "cuda", "mps")
+    if not known or (device.type != "cuda" and device.index):
+        raise ConfigError(f"{option}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{option}={name} but no CUDA GPU is available; use auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{option}={name} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(f"{option}={name} but this machine has no MPS (Apple GPU); use auto or cpu")
     if name == "cuda" and ctx is not None and ctx.enabled:
         device = torch.device(f"cuda:{ctx.local_rank}")
     return device

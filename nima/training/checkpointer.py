@@ -9,6 +9,7 @@ save (each contributes its RNG state, and FSDP's shards are gathered), and rank 
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,10 +31,11 @@ from nima.checkpoint import (
     tokenizer_mismatches,
 )
 from nima.checkpoint.compat import data_mismatch
+from nima.checkpoint.format import UNREADABLE_FIX, check_finite, write_failed
 from nima.checkpoint.format import write_checkpoint_file as atomic_save  # says why a write failed
-from nima.checkpoint.format import write_failed
 from nima.distributed.fsdp import full_state_dicts, load_full_model_state, load_full_optimizer_state
 from nima.errors import CheckpointError
+from nima.files import reading
 from nima.runtime import Runtime, is_sharded
 from nima.training.background_save import BackgroundSaver
 from nima.training.schedulers import follow_changed_schedule
@@ -181,17 +183,19 @@ class Checkpointer:
         self.saver.wait()  # the file may be the one still being written
         # The weights alone (init_from): mapped, so that the optimizer state is never read.
         ckpt = load_checkpoint_file(path, map_location="cpu", mmap=weights_only_model)
-        self._check_fits(ckpt, path, same_data=not weights_only_model)
-        self._load_model(ckpt, path)
-        if weights_only_model:
-            return ckpt
-        self._load_optimizer(ckpt, path)
-        for component in self._flat:
-            component.load_state_dict(ckpt)
-        for key, component in self._keyed.items():
-            if component is not None and ckpt.get(key):
-                component.load_state_dict(ckpt[key])
-        self._restore_rng(ckpt, path)
+        # Whatever a damaged file makes a component's load_state_dict raise is one line naming it.
+        with reading(path, "Nima checkpoint", CheckpointError, fix=UNREADABLE_FIX):
+            self._check_fits(ckpt, path, same_data=not weights_only_model)
+            self._load_model(ckpt, path)
+            if weights_only_model:
+                return ckpt
+            self._load_optimizer(ckpt, path)
+            for component in self._flat:
+                component.load_state_dict(ckpt)
+            for key, component in self._keyed.items():
+                if component is not None and ckpt.get(key):
+                    component.load_state_dict(ckpt[key])
+            self._restore_rng(ckpt, path)
         note = follow_changed_schedule(self._keyed.get("scheduler"), path)
         if note and self.runtime.is_main:
             print(note, flush=True)
@@ -232,6 +236,7 @@ class Checkpointer:
 
     def _load_model(self, ckpt: dict[str, Any], path: str | Path) -> None:
         weights = clean_state_dict(ckpt["model"])
+        check_finite(weights, path)
         try:
             if self.sharded:  # every rank reads the file and keeps its own shards
                 load_full_model_state(self.model, weights)
@@ -243,6 +248,7 @@ class Checkpointer:
             ) from None
 
     def _load_optimizer(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        before = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         try:
             if self.sharded:
                 load_full_optimizer_state(self.model, self.optimizer, ckpt["optimizer"])
@@ -252,6 +258,15 @@ class Checkpointer:
             raise CheckpointError(
                 f"{path}: optimizer state does not fit this optimizer (was optimizer_type changed?): {err}"
             ) from None
+        for group, settings in zip(self.optimizer.param_groups, before, strict=False):
+            # How the optimizer runs (fused kernels ...) is this run's choice, for its device: the
+            # flags the optimizer was built with stand, whatever the file says.
+            group.update({key: settings[key] for key in IMPLEMENTATION_FLAGS if key in settings})
+        damaged = _damaged_optimizer_state(self.optimizer, before)
+        if damaged:
+            raise CheckpointError(
+                f"{path} is damaged: its optimizer state has {damaged}; use another checkpoint"
+            )
 
     def _restore_rng(self, ckpt: dict[str, Any], path: str | Path) -> None:
         """Each rank takes back its own generator states; warn when that is not possible."""
@@ -276,3 +291,49 @@ class Checkpointer:
                 "training continues, but not bit-exactly as an uninterrupted run would",
                 stacklevel=4,
             )
+
+
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+"""Optimizer settings that say how it runs, not what it computes."""
+
+
+def _damaged_optimizer_state(optimizer: torch.optim.Optimizer, before: list[dict[str, Any]]) -> str | None:
+    """What is wrong with an optimizer state just loaded (None when nothing): torch takes any
+    values, and a wrong one fails only inside the first step. Every per-parameter entry but the
+    step count is a finite tensor of its parameter's shape (or None); every numeric setting
+    (``lr``, ``betas``, ``eps`` ...) is still a finite number, or as many as ``before``; every flag
+    (``fused``, ``maximize`` ...) still a flag."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    for group, settings in zip(optimizer.param_groups, before, strict=False):
+        for key, now in settings.items():
+            if key not in group:
+                return f"no setting {key}"
+            value = group[key]
+            if isinstance(now, tuple):
+                fits = isinstance(value, (tuple, list)) and len(value) == len(now) and all(map(number, value))
+            elif now is None or isinstance(now, bool):  # flags such as fused, foreach, maximize
+                fits = value is None or isinstance(value, bool)
+            else:
+                fits = number(value) or not number(now)
+            if not fits:
+                return f"a setting {key} of {str(value)[:40]!r}"
+        states = [optimizer.state.get(param, {}) for param in group["params"]]
+        keys = set().union(*states)
+        for param, state in zip(group["params"], states, strict=True):
+            if state and set(state) != keys:  # every parameter's state has the same entries
+                return f"a parameter without its {', '.join(sorted(map(str, keys - set(state))))}"
+            for key, value in state.items():
+                if value is None:
+                    continue
+                if key == "step":  # a one-element tensor, as torch's optimizers keep it
+                    fits = torch.is_tensor(value) and value.numel() == 1 and bool(value >= 0)
+                else:
+                    fits = torch.is_tensor(value) and value.shape == param.shape and value.is_floating_point()
+                if fits and torch.is_tensor(value) and value.is_floating_point():
+                    fits = bool(torch.isfinite(value).all())
+                if not fits:
+                    return f"a {key} that does not fit its {tuple(param.shape)} parameter (or is not finite)"
+    return None

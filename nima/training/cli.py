@@ -194,8 +194,8 @@ def _print_summary(results: TrainResults, start_step: int, total_s: float) -> No
         f"done: {steps_done(results['steps'], start_step)}, {results['tokens']:,} tokens in "
         f"{results['wall_time_s']:.1f}s ({results['train_tokens_per_s']:,.0f} tok/s training)"
     ]
-    if val is not None:
-        parts.append(f"val loss {val:.4f} (best {best:.4f})")
+    if val is not None:  # best is None when no validation loss was finite (a diverged last step)
+        parts.append(f"val loss {val:.4f}" + (f" (best {best:.4f})" if best is not None else ""))
     parts.append(f"total {total_s:.1f}s")
     print("; ".join(parts), flush=True)
     if results.get("last_checkpoint"):

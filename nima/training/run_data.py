@@ -8,15 +8,14 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from nima.checkpoint import load_checkpoint_file
+from nima.checkpoint.format import saved_model_config
 from nima.config import RunConfig
 from nima.data import DataCollator, TokenWindowDataset, create_dataloader, default_data_dir, prepare
+from nima.data.preparation import check_token_ids
 from nima.distributed import DistributedContext, barrier
 from nima.errors import ConfigError, DataError
 from nima.files import atomic_write_text
-from nima.models import ModelConfig
 
 # When tiny Shakespeare cannot be had (no network, no mirror) the quick test trains on Python
 # standard-library sources instead: a corpus every machine has.
@@ -86,12 +85,11 @@ def prepare_data_once_per_node(run: RunConfig, ctx: DistributedContext, allow_fa
 def model_config_from(run: RunConfig, init_from: str | Path, tokenizer: Any, say=print) -> RunConfig:
     """The run with the model config of checkpoint ``init_from`` (the run's own dropout and
     gradient checkpointing kept: they change training, not the weights)."""
-    saved = load_checkpoint_file(init_from, mmap=True).get("model_config")  # the Trainer reads the weights
-    if not isinstance(saved, dict):
+    ckpt = load_checkpoint_file(init_from, mmap=True)  # the Trainer reads the weights
+    if not isinstance(ckpt.get("model_config"), dict):
         raise ConfigError(f"--init_from {init_from} has no model_config to start from")
-    model = ModelConfig.from_dict(
-        {**saved, "dropout": run.model.dropout, "gradient_checkpointing": run.model.gradient_checkpointing}
-    )
+    kept = {"dropout": run.model.dropout, "gradient_checkpointing": run.model.gradient_checkpointing}
+    model = saved_model_config(ckpt, init_from, **kept)
     if tokenizer.vocab_size > model.vocab_size:
         raise ConfigError(
             f"the data's tokenizer has {tokenizer.vocab_size} ids but the model of {init_from} only "
@@ -127,17 +125,3 @@ def build_loaders(run: RunConfig, prepared: Any, rank: int, world_size: int):
     train = create_dataloader(train_ds, run.training.batch_size, shuffle=True, **common)
     val = create_dataloader(val_ds, run.training.batch_size, shuffle=False, **common) if len(val_ds) else None
     return train, val
-
-
-def check_token_ids(tokens: np.ndarray, path: Path, vocab_size: int) -> None:
-    """DataError unless every id in ``tokens`` (a memory map of ``path``) is below ``vocab_size``:
-    an id the model has no embedding for would fail deep inside the first step that reads it."""
-    if len(tokens) == 0:
-        return
-    largest = int(np.max(tokens))
-    if largest >= vocab_size:
-        raise DataError(
-            f"{path} holds token id {largest}, but the vocabulary size is {vocab_size} "
-            f"(ids 0 to {vocab_size - 1}): the file was not written with this tokenizer; prepare the "
-            "data again (nima prepare --force, or delete the folder) or fix the tool that wrote it"
-        )

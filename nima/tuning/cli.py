@@ -13,6 +13,7 @@ import sys
 
 from nima.cli import CommandParser
 from nima.config import parse_overrides
+from nima.errors import ConfigError
 from nima.tuning.space import FORMS
 from nima.tuning.sweep import import_optuna, run_sweep
 
@@ -135,4 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if result.stop_signal:
         return 128 + signal.Signals[result.stop_signal].value
-    return 0 if result.best_trial is not None else 1
+    if result.best_trial is None:  # each trial said why above; the sweep found nothing to give
+        raise ConfigError(
+            f"no trial completed ({result.failed} failed, {result.pruned} pruned, of {result.trials} in the "
+            "study), so there is no best config; fix what the trials' lines above say, then run the "
+            "same command"
+        )
+    return 0

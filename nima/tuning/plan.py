@@ -19,6 +19,7 @@ import yaml
 
 from nima.config import RunConfig, parse_overrides
 from nima.errors import ConfigError
+from nima.files import check_writable
 from nima.tuning.space import Dimension, field_of, parse_space
 
 Say = Callable[[str], Any]
@@ -85,6 +86,7 @@ def make_plan(
         say(f"note: {', '.join('--' + k for k in replaced)} replaced by the searched values")
 
     folder = Path(study_dir) if study_dir else Path(base.training.output_dir) / "sweep"
+    check_writable(folder, "--study_dir" if study_dir else "--study_dir (default: <output_dir>/sweep)")
     folder.mkdir(parents=True, exist_ok=True)
     return Plan(raw, source, parsed, trial_settings, dims, folder, keep_checkpoints)
 
@@ -110,7 +112,7 @@ def load_config(config: str | Path | RunConfig | Mapping[str, Any]) -> tuple[dic
     path = Path(config)
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):
+    except Exception:  # whatever is wrong, RunConfig.from_yaml words it below
         loaded = None
     if not isinstance(loaded, dict):
         # Missing, unreadable, not YAML, not sections: RunConfig words the error as nima train

@@ -158,7 +158,7 @@ def make_sampler(optuna: Any, sampler: Any, seed: int | None, existing: int) -> 
     if not isinstance(sampler, str):
         return sampler
     # A resumed sweep must not draw the first trials' values again: offset the seed.
-    seed = None if seed is None else seed + existing
+    seed = None if seed is None else (seed + existing) % 2**32
     if sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if sampler == "random":

@@ -90,7 +90,7 @@ def run_sweep(
     """
     optuna = import_optuna()
     say = say or _printer(sys.stdout)
-    _check_arguments(trials, steps, startup_trials, prune_after)
+    _check_arguments(trials, steps, startup_trials, prune_after, seed)
     plan = make_plan(config, space, overrides, steps, study_dir, keep_checkpoints, say)
     url = storage or default_storage(plan.study_dir)
     name = study_name or default_study_name(plan.source)
@@ -116,7 +116,9 @@ def run_sweep(
         optuna.logging.set_verbosity(verbosity)
 
 
-def _check_arguments(trials: Any, steps: Any, startup_trials: int, prune_after: int | None) -> None:
+def _check_arguments(
+    trials: Any, steps: Any, startup_trials: int, prune_after: int | None, seed: int | None = None
+) -> None:
     """ConfigError for a distributed launch or counts that make no sense, before anything is done."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
@@ -129,6 +131,8 @@ def _check_arguments(trials: Any, steps: Any, startup_trials: int, prune_after: 
         raise ConfigError(f"--steps must be a whole number >= 1, got {steps!r}")
     if startup_trials < 0 or (prune_after is not None and prune_after < 0):
         raise ConfigError("--startup_trials and --prune_after must be >= 0")
+    if seed is not None and not 0 <= seed < 2**32:  # what Optuna's samplers (numpy) take
+        raise ConfigError(f"--seed must be a whole number from 0 to 2**32 - 1, got {seed}")
 
 
 def _printer(stream: Any) -> Say:
