@@ -152,16 +152,9 @@ def assemble(
     # 3. data
     prepared = None
     if loaders is None:
-        prepared = prepare_data_once_per_node(config, dist, allow_fallback=allow_fallback, say=say)
+        start_from = (checkpoint or init_from) if init_from else None  # fine-tuning: its model config
+        prepared, config = open_data(config, dist, start_from, allow_fallback, say)
         tokenizer = prepared.tokenizer
-        say(
-            f"data: {prepared.path} ({prepared.meta.get('train_tokens', '?')} train tokens, "
-            f"{tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size})"
-        )
-        if init_from:  # a fine-tuning run: the model is the checkpoint's (its own, once resumed)
-            config = model_config_from(config, checkpoint or init_from, tokenizer, say=say)
-        else:
-            config = config.fit_vocab_size(tokenizer, say=say)
     else:
         check_loader(loaders[0], training, dist)
 
@@ -221,21 +214,11 @@ def assemble(
     early_stopping = _early_stopping(
         callbacks, training.early_stopping_patience, training.early_stopping_min_delta
     )
-    checkpointer = Checkpointer(
-        folder.checkpoints,
-        raw_model,
-        optimizer,
-        runtime,
-        save_every=training.save_every,
-        keep_last=training.keep_last_checkpoints,
-        async_write=training.async_checkpoint,
-        metadata=run_metadata(raw_model, training, train_loader, tokenizer),
+    stateful = {"scheduler": scheduler, "scaler": train_step.scaler, "early_stopping": early_stopping}
+    metadata = run_metadata(raw_model, training, train_loader, tokenizer)
+    checkpointer = make_checkpointer(
+        folder, raw_model, optimizer, runtime, training, metadata, (state, cursor, validator), stateful
     )
-    for component in (state, cursor, validator):
-        checkpointer.register(component)
-    checkpointer.register(scheduler, "scheduler")
-    checkpointer.register(train_step.scaler, "scaler")
-    checkpointer.register(early_stopping, "early_stopping")
     if checkpoint:
         checkpointer.load(checkpoint)
     elif init_from:
@@ -294,6 +277,51 @@ def assemble(
 
 
 # ---------------------------------------------------------------------------------- the steps' helpers
+
+
+def open_data(
+    config: RunConfig, dist: DistributedContext, init_from: str | Path | None, allow_fallback: bool, say: Say
+) -> tuple[Any, RunConfig]:
+    """The prepared data (once per node) and the config fitted to its tokenizer; a fine-tuning
+    run (``init_from``) takes the model config of that checkpoint."""
+    prepared = prepare_data_once_per_node(config, dist, allow_fallback=allow_fallback, say=say)
+    tokenizer = prepared.tokenizer
+    say(
+        f"data: {prepared.path} ({prepared.meta.get('train_tokens', '?')} train tokens, "
+        f"{tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size})"
+    )
+    if init_from:
+        return prepared, model_config_from(config, init_from, tokenizer, say=say)
+    return prepared, config.fit_vocab_size(tokenizer, say=say)
+
+
+def make_checkpointer(
+    folder: RunFolder,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    training: Any,
+    metadata: dict[str, Any],
+    merged: tuple[Any, ...],
+    keyed: dict[str, Any],
+) -> Checkpointer:
+    """The checkpointer, with every stateful part registered once: ``merged`` at the checkpoint's
+    top level (the step, the data cursor, the validator), ``keyed`` under their names."""
+    checkpointer = Checkpointer(
+        folder.checkpoints,
+        model,
+        optimizer,
+        runtime,
+        save_every=training.save_every,
+        keep_last=training.keep_last_checkpoints,
+        async_write=training.async_checkpoint,
+        metadata=metadata,
+    )
+    for component in merged:
+        checkpointer.register(component)
+    for key, component in keyed.items():
+        checkpointer.register(component, key)
+    return checkpointer
 
 
 def build_model(config: RunConfig, seed: int) -> nn.Module:
