@@ -12,4 +12,3 @@ def test_connect_is_guarded():
 def test_only_loopback_counts_as_local():
     assert _is_loopback(("127.0.0.1", 80)) and _is_loopback(("::1", 80, 0, 0)) and _is_loopback("localhost")
     assert not _is_loopback(("93.184.215.14", 80)) and not _is_loopback(("example.com", 443))
-

@@ -92,9 +92,10 @@ def test_problems_are_found():
         nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=[]),
     ]
     found = builder.problems(nb)
-    assert [p.split(":")[0] for p in found] == [f"cell {figure['id']} {what}" for what in (
-        "shows a progress bar", "wrote to stderr", "failed", "shows no picture"
-    )]
+    assert [p.split(":")[0] for p in found] == [
+        f"cell {figure['id']} {what}"
+        for what in ("shows a progress bar", "wrote to stderr", "failed", "shows no picture")
+    ]
 
 
 # Every notebook as a user opens it; the root start (run.sh's mirror) once, for the cheapest.

@@ -137,4 +137,3 @@ class RunView:
 
     def __repr__(self) -> str:
         return f"RunView(step={self.step}, epoch={self.epoch}, total_steps={self.total_steps})"
-
