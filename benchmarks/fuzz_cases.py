@@ -14,6 +14,7 @@ built, but a huge ``max_steps`` is a legitimate (endless) run, so training alway
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import random
 import shutil
 from collections.abc import Callable
@@ -165,6 +166,14 @@ class Builder:
             return self.damaged(self.world.corpus)
         if roll < 0.8:
             return self.damaged(self.world.jsonl)
+        if roll < 0.85:  # a compressed or columnar file, damaged
+            data = self.world.jsonl.read_bytes()
+            suffix = self.pick([".jsonl.gz", ".jsonl.zst", ".parquet"])
+            target = self.name("records").with_name(self.name("records").name + suffix)
+            packed = gzip.compress(data) if suffix == ".jsonl.gz" else data
+            target.write_bytes(mutate_bytes(self.rng, packed)[0])
+            self.notes.append(f"a damaged {suffix}")
+            return target
         if roll < 0.9:
             folder = self.name("texts")
             folder.mkdir()
@@ -193,8 +202,9 @@ class Builder:
 
 def prepare_case(b: Builder) -> list[str]:
     fault = b.fault(
-        "corpus", "tokenizer", "encoding", "vocab_size", "val_fraction", "text_field", "data_dir", "none"
-    )
+        "corpus", "tokenizer", "encoding", "vocab_size", "val_fraction", "text_field", "data_dir",
+        "workers", "shard_tokens", "part", "val_files", "sample", "none",
+    )  # fmt: skip
     dataset = b.bad_corpus() if fault == "corpus" else b.pick([b.world.corpus, b.world.jsonl])
     argv = ["--quiet"] if b.chance(0.8) else []
     argv += ["--dataset", str(dataset), "--data_dir", str(b.output_folder("data", bad=fault == "data_dir"))]
@@ -211,6 +221,16 @@ def prepare_case(b: Builder) -> list[str]:
         argv += b.value("--val_fraction", FLOATS + ["0.999999", "1e-9"])
     if fault == "text_field":
         argv += b.value("--text_field", ["body", "", "💥", "text "])
+    if fault == "workers":
+        argv += b.value("--workers", INVALID_INT + HUGE_INT + ["2"])
+    if fault == "shard_tokens":
+        argv += b.value("--shard_tokens", INVALID_INT + HUGE_INT + ["1", "7"])
+    if fault == "part":
+        argv += b.value("--part", ["0/2", "3/2", "1/0", "a/b", "1", "1/2/3", "-1/2", "2/2", ""])
+    if fault == "val_files":
+        argv += b.value("--val_files", ["*.nothing", "", "*", "[", "💥", "*.txt"])
+    if fault == "sample":
+        argv += b.value("--tokenizer_sample_bytes", INVALID_INT + ["1"])
     if b.chance(0.1):
         argv += ["--force"]
     return argv

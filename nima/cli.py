@@ -29,7 +29,7 @@ class CommandParser(argparse.ArgumentParser):
 
 # command -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("nima.data.cli", "prepare a dataset: text -> tokenizer + train.bin/val.bin"),
+    "prepare": ("nima.data.cli", "prepare a corpus: text -> tokenizer + token shards, on every core"),
     "train": ("nima.training.cli", "train a model from a YAML config (with --section.key=value overrides)"),
     "eval": ("nima.evaluation.cli", "evaluate a checkpoint: loss, perplexity, bits per byte"),
     "generate": ("nima.inference.cli", "generate text from a checkpoint"),

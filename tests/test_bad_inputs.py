@@ -26,6 +26,7 @@ from nima.checkpoint import load_checkpoint_file
 from nima.checkpoint.compat import data_mismatch
 from nima.cli import main as nima
 from nima.data import prepare
+from nima.data.shards import HEADER_BYTES
 from nima.errors import ConfigError
 from nima.files import sha256_file
 from nima.models import create_model
@@ -422,7 +423,8 @@ def test_token_ids_out_of_range_are_refused_before_training(tmp_path, tiny_shake
     (data_dir / "tiny_shakespeare").mkdir(parents=True)
     (data_dir / "tiny_shakespeare" / "input.txt").symlink_to(tiny_shakespeare_file)
     prepared = prepare("tiny_shakespeare", "char", data_dir=data_dir)
-    tokens = np.memmap(prepared.train_path, dtype=prepared.dtype, mode="r+")
+    shard = prepared.shard_paths("train")[0]
+    tokens = np.memmap(shard, dtype=prepared.dtype, mode="r+", offset=HEADER_BYTES)
     tokens[123_456] = 300  # a .bin written by another tool, for another vocabulary
     tokens.flush()
     del tokens
@@ -430,9 +432,7 @@ def test_token_ids_out_of_range_are_refused_before_training(tmp_path, tiny_shake
     out = tmp_path / "run"
     result = train(f"--data.data_dir={data_dir}", "--training.max_steps=2", f"--training.output_dir={out}",
                    data_dir=data_dir)  # fmt: skip
-    assert_refused(
-        result, f"error: {prepared.train_path} holds token id 300, but the vocabulary size is 65 (ids 0 to"
-    )
+    assert_refused(result, f"error: {shard} holds token id 300, but the vocabulary size is 65 (ids 0 to")
     assert "step 1" not in result[1]
     assert snapshot(prepared.path) == before
     assert not list((out / "checkpoints").glob("*.pt"))

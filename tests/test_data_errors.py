@@ -71,7 +71,7 @@ CASES = [
     ("bpe without vocab", ["--tokenizer", "bpe"], "small", ["--vocab_size"]),
     ("jsonl field", [], "jsonl", ["no field 'text'", "--text_field"]),
     ("broken jsonl", [], "broken_jsonl", ["line 2", "not valid JSON"]),
-    ("folder without txt", [], "empty_folder", ["no .txt files"]),
+    ("folder without text files", [], "empty_folder", ["has no .txt, .md, .jsonl"]),
     ("unknown encoding", ["--encoding", "klingon-8"], "small", ["klingon-8"]),
     ("bad val fraction", ["--val_fraction", "1.5"], "small", ["--val_fraction"]),
     (

@@ -153,6 +153,34 @@ def test_sharding_is_disjoint_and_covers_everything() -> None:
     assert {i for s in padded for i in s} == set(range(n)) and len({len(s) for s in padded}) == 1
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_a_global_start_deals_the_rest_of_the_epoch_to_any_number_of_ranks(drop_last: bool) -> None:
+    n = 103
+    order = ResumableSampler(n, seed=11).epoch_order()
+    for world in (1, 2, 3, 4):
+        samplers = [
+            ResumableSampler(n, seed=11, rank=r, world_size=world, drop_last=drop_last) for r in range(world)
+        ]
+        for skip in range(samplers[0].per_rank + 1):  # a start at a rank's batch: as before, index for index
+            for sampler in samplers:
+                sampler.set_start(skip)
+                by_rank = list(sampler)
+                sampler.set_global_start(skip * world)
+                assert list(sampler) == by_rank and len(sampler) == len(by_rank)
+        for start in (0, 5, 50, 101):
+            shares = []
+            for sampler in samplers:
+                sampler.set_global_start(start)
+                shares.append(list(sampler))
+            dealt = [
+                i for row in zip(*shares, strict=True) for i in row
+            ]  # rank r takes g0 + r, g0 + r + W ...
+            left = n - start
+            kept = left - left % world if drop_last else left
+            assert dealt[:kept] == order[start : start + kept]
+            assert dealt[kept:] == ([] if drop_last else order[: len(dealt) - kept])  # padded from the start
+
+
 def test_loader_shards_by_rank() -> None:
     ds = TokenWindowDataset(_stream(2000), max_length=10)
     assert len(ds) % 2 == 1  # odd: one window is repeated so that both ranks run the same number of steps

@@ -14,6 +14,7 @@ import pytest
 from nima.data import load_prepared, prepare, prepare_dataset
 from nima.data import preparation as prepare_module
 from nima.data.preparation import token_dtype
+from nima.data.shards import HEADER_BYTES, ShardedTokens
 from nima.data.tokenizer import EOT_TEXT
 from nima.errors import DataError
 
@@ -21,9 +22,12 @@ SHAKESPEARE_CHARS = 1_115_394
 
 
 def _decode_all(data) -> str:
-    return data.tokenizer.decode(np.asarray(data.tokens("train")).tolist()) + data.tokenizer.decode(
+    """The corpus back from its tokens (a one-document corpus ends with end-of-text, when the
+    tokenizer has one)."""
+    text = data.tokenizer.decode(np.asarray(data.tokens("train")).tolist()) + data.tokenizer.decode(
         np.asarray(data.tokens("val")).tolist()
     )
+    return text.removesuffix(EOT_TEXT)
 
 
 def test_tiny_shakespeare_char(session_data_dir: Path, tiny_shakespeare_file: Path) -> None:
@@ -36,8 +40,8 @@ def test_tiny_shakespeare_char(session_data_dir: Path, tiny_shakespeare_file: Pa
     text = tiny_shakespeare_file.read_text(encoding="utf-8")
     assert text[: data.train_tokens].endswith("\n")
     train = data.tokens("train")
-    assert isinstance(train, np.memmap) and train.dtype == np.dtype("<u2")
-    assert (data.path / "train.bin").stat().st_size == 2 * data.train_tokens
+    assert isinstance(train, ShardedTokens) and train.dtype == np.dtype("<u2")
+    assert data.shard_paths("train")[0].stat().st_size == HEADER_BYTES + 2 * data.train_tokens
     assert _decode_all(data) == text
     meta = json.loads((data.path / "meta.json").read_text())
     assert meta["source"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -51,7 +55,7 @@ def test_tiny_shakespeare_byte_and_bpe(tiny_shakespeare_file: Path) -> None:
     text = tiny_shakespeare_file.read_text(encoding="utf-8")
     byte = prepare("tiny_shakespeare", "byte")
     assert byte.tokenizer.vocab_size == 257
-    assert byte.train_tokens + byte.val_tokens == len(text.encode())
+    assert byte.train_tokens + byte.val_tokens == len(text.encode()) + 1  # the document's end-of-text
     bpe = prepare("tiny_shakespeare", "bpe", vocab_size=500)
     assert bpe.path.name == "bpe-500" and bpe.tokenizer.vocab_size == 500
     assert bpe.dtype == np.dtype("<u2")
@@ -84,14 +88,14 @@ def test_reuse_and_reprepare_on_change(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = prepare(corpus, "char", data_dir=data_dir)
     assert first.path == data_dir / "story" / "char"
-    created = first.meta["created"], (first.path / "train.bin").stat().st_ino
+    created = first.meta["created"], first.shard_paths("train")[0].stat().st_ino
     again = prepare(corpus, "char", data_dir=data_dir)
-    assert (again.meta["created"], (again.path / "train.bin").stat().st_ino) == created
+    assert (again.meta["created"], again.shard_paths("train")[0].stat().st_ino) == created
     assert again.reused and not first.reused
 
     # Touched but unchanged: still reused (checked by sha256).
     os.utime(corpus, ns=(1, 1))
-    assert (prepare(corpus, "char", data_dir=data_dir).path / "train.bin").stat().st_ino == created[1]
+    assert prepare(corpus, "char", data_dir=data_dir).shard_paths("train")[0].stat().st_ino == created[1]
 
     # A changed setting prepares anew.
     other_split = prepare(corpus, "char", data_dir=data_dir, val_fraction=0.5)
@@ -110,18 +114,19 @@ def test_failed_preparation_leaves_the_good_result(tmp_path: Path, monkeypatch: 
     corpus.write_text("all good text\n" * 300)
     data_dir = tmp_path / "data"
     good = prepare(corpus, "byte", data_dir=data_dir)
-    before = {p.name: p.read_bytes() for p in good.path.iterdir()}
+    before = {p: p.read_bytes() for p in good.path.rglob("*") if p.is_file()}
 
     corpus.write_text("changed text that will fail\n" * 300)
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(prepare_module, "_encode_to_files", broken)
+    monkeypatch.setattr(prepare_module, "encode_unit", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         prepare(corpus, "byte", data_dir=data_dir)
-    assert {p.name: p.read_bytes() for p in good.path.iterdir()} == before
-    assert sorted(p.name for p in (data_dir / "book").iterdir()) == ["byte"]
+    assert {p: p.read_bytes() for p in good.path.rglob("*") if p.is_file()} == before
+    # The work folder stays (a crash is not bad input: the next run resumes from it).
+    assert sorted(p.name for p in (data_dir / "book").iterdir()) == ["byte", "byte.work"]
 
     # Leftovers of a killed preparation are cleaned up once they are old.
     monkeypatch.undo()
@@ -132,21 +137,27 @@ def test_failed_preparation_leaves_the_good_result(tmp_path: Path, monkeypatch: 
     assert sorted(p.name for p in (data_dir / "book").iterdir()) == ["byte"]
 
 
+def _documents(data, split: str) -> list[str]:
+    """The documents of ``split``: each ends with the end-of-text token."""
+    text = data.tokenizer.decode(np.asarray(data.tokens(split)).tolist())
+    assert text.endswith(EOT_TEXT)
+    return text.split(EOT_TEXT)[:-1]
+
+
 def test_folder_of_text_files_separates_documents(tmp_path: Path) -> None:
     folder = tmp_path / "letters"
     folder.mkdir()
     for i in range(10):
         (folder / f"{i:02d}.txt").write_text(f"Dear friend number {i},\nall is well.\n")
-    (folder / "ignored.md").write_text("not text")
+    (folder / "notes.md").write_text("markdown is text too")
+    (folder / "ignored.csv").write_text("not a corpus format")
     data = prepare(folder, "byte", data_dir=tmp_path / "data")
-    assert data.meta["source"]["documents"] == 10
-    docs = [(folder / f"{i:02d}.txt").read_text() for i in range(10)]
-    train = data.tokenizer.decode(data.tokens("train").tolist()).split(EOT_TEXT)
-    val = data.tokenizer.decode(data.tokens("val").tolist()).split(EOT_TEXT)
-    # Whole documents on each side, one end-of-text between two; at most one document is cut by the split.
-    assert train[:-1] == docs[: len(train) - 1] and val[1:] == docs[len(docs) - len(val) + 1 :]
-    assert "".join(train + val) == "".join(docs)
-    assert len(train) + len(val) in (10, 11)
+    assert data.meta["source"]["documents"] == 11
+    docs = [(folder / f"{i:02d}.txt").read_text() for i in range(10)] + ["markdown is text too"]
+    train, val = _documents(data, "train"), _documents(data, "val")
+    # Whole documents on each side: ceil(0.1 * 11) = 2 files are validation; train keeps the order.
+    assert len(val) == 2 and sorted(train + val) == sorted(docs)
+    assert train == [d for d in docs if d in train]
     char = prepare(folder, "char", data_dir=tmp_path / "data")
     assert char.tokenizer.eos_token_id is not None
 
@@ -156,10 +167,10 @@ def test_jsonl_with_text_field(tmp_path: Path) -> None:
     rows = [{"id": i, "body": f"post {i}: hello there\n"} for i in range(50)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     data = prepare(path, "bpe", vocab_size=300, data_dir=tmp_path / "data", text_field="body")
-    train = data.tokenizer.decode(data.tokens("train").tolist()).split(EOT_TEXT)
-    val = data.tokenizer.decode(data.tokens("val").tolist()).split(EOT_TEXT)
-    assert "".join(train + val) == "".join(r["body"] for r in rows)
-    assert len(train) + len(val) in (50, 51) and train[0] == rows[0]["body"]
+    train, val = _documents(data, "train"), _documents(data, "val")
+    # Each record is a document, in val when its text hashes below val_fraction: about 5 of 50.
+    assert sorted(train + val) == sorted(r["body"] for r in rows)
+    assert 1 <= len(val) <= 12 and train[0] == rows[0]["body"]
     with pytest.raises(DataError, match="no field 'text'.*--text_field"):
         prepare(path, "char", data_dir=tmp_path / "data")
 
@@ -195,7 +206,7 @@ def test_tiny_shakespeare_from_the_mirror(
     (data_dir / "tiny_shakespeare").mkdir(parents=True)
     (data_dir / "tiny_shakespeare" / "input.txt").write_text("a damaged copy")  # wrong hash: replaced
     data = prepare("tiny_shakespeare", "byte", data_dir=data_dir)
-    assert data.train_tokens + data.val_tokens == SHAKESPEARE_CHARS
+    assert data.train_tokens + data.val_tokens == SHAKESPEARE_CHARS + 1  # and the end-of-text
     assert (data_dir / "tiny_shakespeare" / "input.txt").read_bytes() == tiny_shakespeare_file.read_bytes()
 
 
@@ -204,8 +215,8 @@ def test_load_prepared_detects_truncation(tmp_path: Path) -> None:
     path.write_text("some words here\n" * 100)
     data = prepare(path, "char", data_dir=tmp_path / "data")
     assert load_prepared(data.path).meta == data.meta
-    with open(data.train_path, "r+b") as f:
-        f.truncate(10)
+    with open(data.shard_paths("train")[0], "r+b") as f:
+        f.truncate(1030)
     with pytest.raises(DataError, match="truncated"):
         load_prepared(data.path)
     assert prepare(path, "char", data_dir=tmp_path / "data").train_tokens == data.train_tokens  # repaired

@@ -13,6 +13,7 @@ from tiny import model_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nima.cli import main
+from nima.data.shards import HEADER_BYTES
 from nima.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, tokenizer_from_dict
 from nima.errors import ConfigError
 from nima.interop import export_huggingface, export_tokenizer, import_huggingface
@@ -200,8 +201,10 @@ def test_a_sentencepiece_model_imports_prepares_fine_tunes_and_generates_from_th
         "--training.max_steps=3", "--training.eval_every=0", "--training.progress_bar=false",
     ]  # fmt: skip
     assert main(train) == 0, capsys.readouterr().err
-    train_bin = next((tmp_path / "data").rglob("train.bin"))
-    prepared = np.fromfile(train_bin, dtype=np.uint16).tolist()[:-50]  # clear of the train/val cut
+    train_shard = next((tmp_path / "data").rglob("train/00000.bin"))
+    prepared = np.fromfile(train_shard, dtype=np.uint16, offset=HEADER_BYTES).tolist()[
+        :-50
+    ]  # clear of the train/val cut
     assert len(prepared) > 500  # several pieces of 1 KiB: "▁" is added before the first one only
     assert prepared == hf.encode(text.read_text(), add_special_tokens=False).ids[: len(prepared)]
 

@@ -351,7 +351,7 @@ def test_quick_test_falls_back_to_the_stdlib_corpus(
     assert "tiny Shakespeare is not available" in out
     assert "FALLBACK CORPUS" in out and "Python standard-library" in out
     assert "sample:" in out
-    assert (tmp_path / "data" / "python_stdlib" / "char" / "train.bin").is_file()
+    assert (tmp_path / "data" / "python_stdlib" / "char" / "train" / "00000.bin").is_file()
     assert (tmp_path / "out" / "checkpoints" / "step_3.pt").is_file()
 
 

@@ -55,6 +55,8 @@ FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "epoch": int,
     "batch_in_epoch": int,
     "tokens_seen": int,
+    "samples_in_epoch": (int, type(None)),
+    "data_world_size": (int, type(None)),
     "best_val_loss": (*_NUMBER, type(None)),
     "last_val_loss": (*_NUMBER, type(None)),
     "world_size": int,

@@ -1,12 +1,16 @@
 """Text -> tokens on disk -> batches.
 
-- :mod:`~nima.data.sources`: known datasets (tiny Shakespeare), text files, folders, jsonl.
-- :mod:`~nima.data.tokenizer`: char, byte and byte-level BPE tokenizers (JSON on disk).
-- :mod:`~nima.data.preparation`: streaming preparation into ``train.bin`` / ``val.bin`` + ``meta.json``.
-- :mod:`~nima.data.corpus_passes`: its passes over the text: scan, train/val split, encoding.
-- :mod:`~nima.data.stream_encoders`: text stream -> token ids on all cores (used by preparation).
+- :mod:`~nima.data.sources`: ``--dataset`` -> the corpus' files (known datasets, files, folders, globs).
+- :mod:`~nima.data.readers`: documents out of text, jsonl(.gz/.zst), parquet and datasets folders.
+- :mod:`~nima.data.tokenizer`: char, byte and BPE tokenizers (JSON on disk); ``pretrained``: gpt2.
+- :mod:`~nima.data.preparation`: corpus -> token shards + ``meta.json`` on every core; it plans
+  work units (``units``), fits the tokenizer (``tokenizer_fit``), encodes units in processes
+  (``unit_encoding``) and writes shards (``shards``); ``prepared`` opens the result.
+- :mod:`~nima.data.stream_encoders`: document text -> token ids (used by unit encoding).
 - :mod:`~nima.data.fast_bpe`: optional ``tiktoken`` fast path for BPE, checked against ``tokenizers``.
-- :mod:`~nima.data.datasets`: ``TokenWindowDataset`` and the guide's ``prepare_dataset``.
+- :mod:`~nima.data.datasets`: ``TokenWindowDataset`` and the guide's ``prepare_dataset``; windows
+  read across shards (``token_stream``), optionally aligned to documents (``documents``);
+  ``mixture``: several corpora by weight.
 - :mod:`~nima.data.loader`: ``DataCollator``, ``ResumableSampler``, ``create_dataloader``.
 
 The torch-free modules are imported here. ``TokenWindowDataset``, ``prepare_dataset`` and the
@@ -42,6 +46,7 @@ __all__ = [
     "EpochAwareDataLoader",
     "IGNORE_INDEX",
     "KNOWN_DATASETS",
+    "MixtureDataset",
     "PreparedData",
     "ResumableSampler",
     "StreamDecoder",
@@ -60,6 +65,7 @@ __all__ = [
 # The PyTorch-backed names and their modules, imported on first use (lazy: nima prepare needs no torch).
 _TORCH_MODULE_OF = {
     **dict.fromkeys(["TokenWindowDataset", "prepare_dataset"], "nima.data.datasets"),
+    "MixtureDataset": "nima.data.mixture",
     **dict.fromkeys(
         [
             "IGNORE_INDEX",
@@ -97,3 +103,4 @@ if TYPE_CHECKING:  # static analysers see the lazy names directly
         create_dataloader,
         set_loader_epoch,
     )
+    from nima.data.mixture import MixtureDataset  # noqa: F401

@@ -16,8 +16,8 @@ differ on a rare word. So the fast path is used only under three checks:
    plain BPE, every byte in the vocabulary, merged ids increasing in merge order);
 2. the vocabulary: every entry that is valid text encodes to the same ids in both;
 3. the corpus: the caller compares both on a sample of the real text
-   (:mod:`nima.data.stream_encoders` checks the first 512 KiB and then one unit in 256, and starts
-   again with ``tokenizers`` on any difference).
+   (:mod:`nima.data.stream_encoders` checks the corpus' first 512 KiB and then one piece in 256,
+   and a work unit with any difference is encoded again with ``tokenizers``).
 """
 
 from __future__ import annotations

@@ -66,12 +66,16 @@ class ResumableSampler(Sampler[int]):
     """Indices in a seeded order, sharded by rank, that can start part-way into an epoch.
 
     - ``shuffle``: a permutation drawn from ``(seed, epoch)``: the same on every run and rank.
-    - Sharding: rank ``r`` of ``world_size`` takes every ``world_size``-th index starting at ``r``.
-      The order is padded by repeating its start (or, with ``drop_last``, cut) to a multiple of
-      ``world_size``, so every rank gets the same number of samples and the ranks never overlap
-      otherwise.
+    - Sharding: the epoch's order is dealt to the ranks in turn from a global start ``g0`` (0 at
+      an epoch start): rank ``r`` of ``world_size`` takes ``order[g0 + r]``,
+      ``order[g0 + r + world_size]``, ... The order is padded by repeating its start (or, with
+      ``drop_last``, cut) so that every rank gets the same number of samples, and the ranks never
+      overlap otherwise.
     - :meth:`set_epoch` picks the epoch's order; :meth:`set_start` skips the first samples of this
-      rank's share of the epoch (exact resume). ``len()`` counts the samples still to come.
+      rank's share (exact resume on as many processes), :meth:`set_global_start` the first samples
+      of the epoch over all ranks (exact resume on any number of processes: the samples ``W``
+      processes consumed are the first ``g0`` of the order, whatever ``W`` was). ``len()``
+      counts the samples still to come.
     """
 
     def __init__(
@@ -93,10 +97,13 @@ class ResumableSampler(Sampler[int]):
         self.drop_last = drop_last
         self.epoch = 0
         self.start = 0
-        if drop_last:
-            self.per_rank = self.num_samples // world_size
-        else:
-            self.per_rank = -(-self.num_samples // world_size)
+        """Samples of the epoch's order, over all ranks, that this iteration skips."""
+        self.per_rank = self._share(0)
+
+    def _share(self, start: int) -> int:
+        """Samples per rank from global position ``start`` to the end of the epoch."""
+        left = max(self.num_samples - start, 0)
+        return left // self.world_size if self.drop_last else -(-left // self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` from the next iteration on, starting from its beginning."""
@@ -107,27 +114,37 @@ class ResumableSampler(Sampler[int]):
         """Skip the first ``sample_index`` samples of this rank's share of the current epoch."""
         if sample_index < 0:
             raise ConfigError(f"start sample must be >= 0, got {sample_index}")
-        self.start = min(int(sample_index), self.per_rank)
+        self.start = min(int(sample_index), self.per_rank) * self.world_size
 
-    def epoch_order(self) -> list[int]:
-        """This rank's indices for the current epoch, before skipping."""
+    def set_global_start(self, sample_index: int) -> None:
+        """Skip the first ``sample_index`` samples of the current epoch's order, over all ranks."""
+        if sample_index < 0:
+            raise ConfigError(f"start sample must be >= 0, got {sample_index}")
+        self.start = min(int(sample_index), self.per_rank * self.world_size)
+
+    def _order(self) -> list[int]:
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)  # torch's seeds stop there
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_samples))
-        total = self.per_rank * self.world_size
-        if total > len(order) and order:
-            order += (order * (total // len(order) + 1))[: total - len(order)]
-        order = order[:total]
-        return order[self.rank :: self.world_size]
+            return torch.randperm(self.num_samples, generator=generator).tolist()
+        return list(range(self.num_samples))
+
+    def _rank_share(self, start: int) -> list[int]:
+        order = self._order()
+        end = start + self._share(start) * self.world_size
+        if end > len(order) and order:
+            order += (order * (end // len(order) + 1))[: end - len(order)]
+        return order[start + self.rank : end : self.world_size]
+
+    def epoch_order(self) -> list[int]:
+        """This rank's indices for the current epoch, before skipping."""
+        return self._rank_share(0)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_order()[self.start :])
+        return iter(self._rank_share(self.start))
 
     def __len__(self) -> int:
-        return self.per_rank - self.start
+        return self._share(self.start)
 
 
 class EpochAwareDataLoader(DataLoader):
@@ -152,25 +169,32 @@ class EpochAwareDataLoader(DataLoader):
         return super().__iter__()
 
 
-def _apply_epoch(loader: DataLoader, epoch: int, start_sample: int) -> None:
+def _apply_epoch(loader: DataLoader, epoch: int, start_sample: int, global_start: int | None = None) -> None:
     for target in (loader.dataset, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
         set_epoch = getattr(target, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
     sampler = loader.sampler
     if isinstance(sampler, ResumableSampler):
-        sampler.set_start(start_sample)
-    elif start_sample:
+        if global_start is not None:
+            sampler.set_global_start(global_start)
+        else:
+            sampler.set_start(start_sample)
+    elif start_sample or global_start:
         raise ConfigError("resuming part-way into an epoch needs a loader made by create_dataloader")
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+def set_loader_epoch(
+    loader: DataLoader, epoch: int, start_batch: int = 0, start_sample: int | None = None
+) -> None:
     """Start ``epoch`` on ``loader`` (sampler order and dataset offset), skipping ``start_batch`` batches.
 
     The Trainer calls this at each epoch start and, on resume, with the batch index it stopped at;
     the batches that follow are exactly those an uninterrupted run would have seen.
+    ``start_sample`` (instead of ``start_batch``): skip that many samples of the epoch counted over
+    all ranks, for a run resumed on another number of processes than it was saved by.
     """
-    _apply_epoch(loader, epoch, start_batch * (loader.batch_size or 1))
+    _apply_epoch(loader, epoch, start_batch * (loader.batch_size or 1), start_sample)
     if isinstance(loader, EpochAwareDataLoader):
         loader._epoch_chosen = True
         loader._next_epoch = int(epoch) + 1

@@ -1,61 +1,76 @@
-"""Preparation: a text source -> tokenizer + ``train.bin`` / ``val.bin`` token streams + ``meta.json``.
+"""Preparation: a corpus -> tokenizer + token shards + ``meta.json``, on every core.
 
-Output folder: ``<data_dir>/<dataset>/<tokenizer_tag>/`` (tag ``char``, ``byte`` or ``bpe-<N>``).
-``train.bin`` / ``val.bin`` are flat little-endian ``uint16`` arrays (``uint32`` when the vocabulary
-has more than 65536 ids), readable with ``numpy.memmap``.
+Output folder: ``<data_dir>/<dataset>/<tokenizer tag>/`` (tag ``char``, ``byte``, ``gpt2``,
+``bpe-<N>``, or ``<kind>-<sha256 prefix>`` for a given tokenizer.json); its layout is described
+in :mod:`nima.data.prepared`.
 
 How it works, and why:
 
-- Streaming: the text is read in 1 MiB blocks and encoded block by block, so memory stays flat
-  however large the corpus is. Two passes: a scan (size, hash, the char alphabet) then the encode
-  (BPE adds one pass to train on the training split).
-- The split is by position, as in nanoGPT: the first ``1 - val_fraction`` of the text is
-  ``train``, the rest ``val``, cut at the first line break after that point (when one is near).
-- Documents (files of a folder, lines of a jsonl) are separated by the end-of-text token, when the
-  tokenizer has one; one text file is one document.
-- BPE text is cut only where GPT-2's pre-tokenizer cuts anyway, so encoding piece by piece gives
-  exactly the ids of encoding the whole text, and pieces are encoded on all cores
-  (:mod:`nima.data.stream_encoders`). With ``tiktoken`` installed, BPE ids of corpora from 4 Mi
-  characters on come from tiktoken built from the trained vocabulary (about 3x faster), checked
-  against ``tokenizers`` on a sample of the corpus; on any difference the encoding starts again
-  with ``tokenizers`` (one line says so).
-  ``meta.json``'s ``encoder`` records which one made the ids.
-- Safe on disk: everything is written into a temporary folder beside the target and renamed into
-  place at the end; a failure removes the temporary folder and leaves any existing result intact.
-- Reuse: a folder whose ``meta.json`` records the same settings and the same source (size and
-  mtime, else sha256) is returned as is.
-
-The passes over the text (scan, split, tokenizer training, encoding into token files) live in
-:mod:`nima.data.corpus_passes`; this module runs them and owns the result folder.
+- Plan (:mod:`nima.data.units`): the corpus' files become numbered work units (a file, a byte
+  range of a large one, row groups of a table) with their split; nothing here depends on the
+  number of workers, so neither do the bytes written.
+- Tokenizer (:mod:`nima.data.tokenizer_fit`): given, pretrained, or fitted on (a sample of) the
+  corpus.
+- Encode (:mod:`nima.data.unit_encoding`): ``workers`` processes encode units into per-unit token
+  files in a work folder ``<tag>.work/`` beside the result; a unit is done once its ``.json``
+  exists, so an interrupted preparation (Ctrl-C, a kill, a full disk) resumes at the first unit it
+  had not finished. ``part=(K, N)`` encodes only part K of N (another machine's share), to be
+  assembled by a run without ``part`` once every part's units are in the work folder.
+- Assemble: the unit files are concatenated in order into shards of ``shard_tokens`` tokens
+  (:class:`~nima.data.shards.ShardWriter`) in a temporary folder, which is renamed into place;
+  a failure leaves any earlier result intact. The work folder is removed after success, and
+  after bad input (which a new run cannot reuse anyway).
+- Reuse: a folder whose ``meta.json`` records the same settings and the same source files (size
+  and mtime, else sha256) is returned as is.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from nima.data.corpus_passes import encode_pass, make_tokenizer, scan_source, split_documents
-from nima.data.fast_bpe import FastBPE, FastBPEUnavailable, tiktoken_installed
+from nima.data.prepared import (
+    PREPARED_FORMAT,
+    PreparedData,
+    check_token_ids,
+    default_data_dir,
+    load_prepared,
+    open_tokens,
+    token_dtype,
+    tokenizer_tag,
+)
+from nima.data.result_folder import (
+    combined_sha256,
+    file_sha256,
+    install,
+    missing_folders,
+    remove_empty,
+    remove_stale_temporaries,
+    reuse,
+    reuse_smaller_bpe,
+    true_bpe_name,
+)
+from nima.data.shards import DEFAULT_SHARD_TOKENS, ShardWriter
 from nima.data.sources import TextSource, resolve_source
-from nima.data.stream_encoders import FastPathMismatch, HFBPEStreamEncoder, make_stream_encoder
-from nima.data.tokenizer import BYTE_LEVEL, BPETokenizer, Tokenizer, check_bpe_vocab_size, load_tokenizer
+from nima.data.stream_encoders import cpu_count
+from nima.data.tokenizer import BPETokenizer, Tokenizer, check_bpe_vocab_size, load_tokenizer
+from nima.data.tokenizer_fit import TOKENIZER_KINDS, fit_tokenizer, given_tokenizer
+from nima.data.unit_encoding import EncodeSettings, encode_unit, fast_bpe_available, run_units, unit_files
+from nima.data.units import Plan, part_of, plan_units
 from nima.errors import DataError
-from nima.files import atomic_write_json, make_public, why_unwritable
+from nima.files import atomic_write_json, make_public, sha256_file, why_unwritable
 
 __all__ = [
-    "DATA_DIR_ENV",
-    "DEFAULT_DATA_DIR",
-    "FAST_BPE_MIN_CHARS",
+    "FAST_BPE_MIN_BYTES",
     "PREPARED_FORMAT",
     "TOKENIZER_KINDS",
     "PreparedData",
@@ -65,111 +80,15 @@ __all__ = [
     "load_prepared",
     "open_tokens",
     "prepare",
-    "split_documents",
     "token_dtype",
     "tokenizer_tag",
 ]
 
-PREPARED_FORMAT = "nima-prepared-v1"
-TOKENIZER_KINDS = ("char", "byte", "bpe")
-DATA_DIR_ENV = "NIMA_DATA_DIR"
-DEFAULT_DATA_DIR = Path("experiments") / "data"
-
-
-def default_data_dir() -> Path:
-    """``$NIMA_DATA_DIR`` if set, else ``experiments/data`` (relative to the working directory)."""
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else DEFAULT_DATA_DIR
-
-
-def tokenizer_tag(tokenizer: str, vocab_size: int | None = None) -> str:
-    """Folder name of a prepared dataset: ``char``, ``byte`` or ``bpe-<vocab_size>``."""
-    return f"bpe-{vocab_size}" if tokenizer == "bpe" else tokenizer
-
-
-def given_tokenizer(tokenizer: str | os.PathLike) -> Tokenizer | None:
-    """The tokenizer saved at ``tokenizer`` (a tokenizer.json, or a folder holding one), or None
-    when ``tokenizer`` names a kind (char, byte, bpe) instead."""
-    if str(tokenizer) in TOKENIZER_KINDS:
-        return None
-    path = Path(tokenizer).expanduser()
-    if not (path.is_file() or (path / "tokenizer.json").is_file()):
-        raise DataError(
-            f"unknown tokenizer {str(tokenizer)!r}: choose one of {', '.join(TOKENIZER_KINDS)}, "
-            "or give the path of a tokenizer.json (for example one that nima import wrote)"
-        )
-    return load_tokenizer(path)
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """Little-endian uint16 when every id fits, else uint32."""
-    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
-
-
-@dataclass
-class PreparedData:
-    """A prepared dataset folder: ``path``, its ``meta`` dict and its ``tokenizer``."""
-
-    path: Path
-    meta: dict[str, Any]
-    tokenizer: Tokenizer
-    reused: bool = False
-    """True when :func:`prepare` found a matching earlier result instead of preparing anew."""
-
-    @property
-    def train_path(self) -> Path:
-        return self.path / "train.bin"
-
-    @property
-    def val_path(self) -> Path:
-        return self.path / "val.bin"
-
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.path / "tokenizer.json"
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.meta["dtype"])
-
-    @property
-    def train_tokens(self) -> int:
-        return int(self.meta["train_tokens"])
-
-    @property
-    def val_tokens(self) -> int:
-        return int(self.meta["val_tokens"])
-
-    def tokens(self, split: str, vocab_size: int | None = None) -> np.ndarray:
-        """The ``train`` or ``val`` token stream as a read-only memory map; with ``vocab_size``,
-        checked to hold only ids below it (:func:`check_token_ids`)."""
-        if split not in ("train", "val"):
-            raise DataError(f"split must be 'train' or 'val', got {split!r}")
-        tokens = open_tokens(self.path / f"{split}.bin", self.dtype)
-        if vocab_size is not None:
-            check_token_ids(tokens, self.path / f"{split}.bin", vocab_size)
-        return tokens
-
-
-def check_token_ids(tokens: np.ndarray, path: Path, vocab_size: int) -> None:
-    """DataError unless every id in ``tokens`` (a memory map of ``path``) is below ``vocab_size``:
-    an id the model has no embedding for would fail deep inside the first step that reads it."""
-    if len(tokens) == 0:
-        return
-    largest = int(np.max(tokens))
-    if largest >= vocab_size:
-        raise DataError(
-            f"{path} holds token id {largest}, but the vocabulary size is {vocab_size} "
-            f"(ids 0 to {vocab_size - 1}): the file was not written with this tokenizer; prepare the "
-            "data again (nima prepare --force, or delete the folder) or fix the tool that wrote it"
-        )
-
-
-def open_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
-    """Memory-map a token file (an empty file gives an empty array: mmap cannot map 0 bytes)."""
-    if Path(path).stat().st_size == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
+DEFAULT_SAMPLE_BYTES = 1_000_000_000
+FAST_BPE_MIN_BYTES = 1 << 22
+"""Below this much text, building and checking the fast encoder costs more than it saves."""
+COPY_TOKENS = 1 << 24
+"""Tokens copied at a time from unit files into shards."""
 
 
 def prepare(
@@ -181,146 +100,377 @@ def prepare(
     encoding: str = "utf-8",
     text_field: str = "text",
     val_fraction: float = 0.1,
+    val_files: str | None = None,
+    workers: int | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    tokenizer_sample_bytes: int = DEFAULT_SAMPLE_BYTES,
+    skip_bad_records: bool = False,
+    part: tuple[int, int] | None = None,
     quiet: bool = True,
     force: bool = False,
-) -> PreparedData:
-    """Prepare ``dataset`` with a ``tokenizer`` ("char" | "byte" | "bpe"), or reuse an earlier result.
+) -> PreparedData | None:
+    """Prepare ``dataset`` with a ``tokenizer``, or reuse an earlier result.
 
-    ``tokenizer`` may also be the path of a saved tokenizer (``tokenizer.json``, or a folder with
-    one): the text is then encoded with it as it is, for fine-tuning a model that uses it; the
-    result goes to ``<dataset>/<kind>-<first 12 hex digits of its sha256>/``.
-    ``dataset`` is a known name (``tiny_shakespeare``) or a path to a text file, a folder of
-    ``.txt`` files or a ``.jsonl`` file (text in ``text_field``). ``vocab_size`` is required for
-    BPE. ``quiet=False`` shows progress bars on stderr; ``force`` prepares anew even when a
-    matching result exists. Raises :class:`~nima.errors.DataError` for bad input.
+    ``dataset``: a known name (``tiny_shakespeare``), or a file, a folder (recursively) or a glob
+    of ``.txt``, ``.md``, ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` and ``.parquet`` files (text in
+    ``text_field``), or a folder written by ``datasets.Dataset.save_to_disk``.
+    ``tokenizer``: ``char``, ``byte``, ``bpe`` (needs ``vocab_size``; trained on at most
+    ``tokenizer_sample_bytes`` of the train split), ``gpt2``, or the path of a saved tokenizer
+    (``tokenizer.json``, or a folder with one), used as it is; its result goes to
+    ``<dataset>/<kind>-<first 12 hex digits of its sha256>/``.
+    Validation: ``val_fraction`` of the documents (or of the text, for one document), or the
+    files matching the glob ``val_files``. ``workers``: encoding processes (default: every core;
+    the result is the same bytes whatever the number). ``skip_bad_records``: count and skip
+    records that are not JSON or lack the text, instead of stopping at the first.
+    ``part=(K, N)``: encode only part K of N and return None (see the module docstring).
+    ``quiet=False`` shows progress on stderr; ``force`` prepares anew even when a matching result
+    exists. Raises :class:`~nima.errors.DataError` for bad input.
     """
-    given = given_tokenizer(tokenizer)
-    if given is not None:
-        kind, vocab_size = "given", given.vocab_size
-        tag = f"{given.kind}-{given.identity()['sha256'][:12]}"
-    else:
-        kind = _check_tokenizer_kind(tokenizer)
-        # char and byte vocabularies are fixed by the text / by UTF-8
-        vocab_size = check_bpe_vocab_size(vocab_size) if kind == "bpe" else None
-        tag = tokenizer_tag(kind, vocab_size)
+    given, kind, vocab_size, tag = _tokenizer_choice(tokenizer, vocab_size)
     val_fraction = _check_val_fraction(val_fraction)
+    part = _check_part(part)
+    _check_positive("--shard_tokens", shard_tokens)
+    _check_positive("--tokenizer_sample_bytes", tokenizer_sample_bytes)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     source = resolve_source(dataset, root, encoding=encoding, text_field=text_field)
+    workers = _check_workers(workers, source.total_bytes())
     out = root / source.name / tag
     settings = {
         "tokenizer": kind,
         "vocab_size": vocab_size,
         "encoding": encoding,
-        "text_field": text_field if source.kind == "jsonl" else None,
-        "val_fraction": val_fraction,
+        "text_field": text_field if source.uses_text_field else None,
+        "val_fraction": val_fraction if val_files is None else None,
+        "val_files": val_files,
+        "shard_tokens": int(shard_tokens),
+        "tokenizer_sample_bytes": int(tokenizer_sample_bytes) if kind == "bpe" else None,
+        "skip_bad_records": bool(skip_bad_records),
         "format": PREPARED_FORMAT,
     }
     if given is not None:
         settings["tokenizer_sha256"] = given.identity()["sha256"]
-    if not force:
-        reused = _reuse(out, source, settings) or _reuse_smaller_bpe(out, source, settings)
+    if not force and part is None:
+        reused = reuse(out, source, settings) or reuse_smaller_bpe(out, source, settings)
         if reused is not None:
             reused.reused = True
             return reused
     why = why_unwritable(out.parent)  # before any work
     if why is not None:
         raise DataError(f"cannot write prepared data under {out.parent}: {why}; choose another --data_dir")
-    created = _missing_folders(out.parent)  # removed again if preparing fails: no empty folders left
+    plan = plan_units(
+        source, val_fraction=val_fraction, val_files=val_files, skip_bad_records=skip_bad_records
+    )
+    build = _Build(source, plan, settings, out.parent / f"{out.name}.work", root, workers, quiet, given)
+    return _build_into(out, build, part, force)
+
+
+def _tokenizer_choice(
+    tokenizer: str, vocab_size: int | None
+) -> tuple[Tokenizer | None, str, int | None, str]:
+    """(the given tokenizer or None, its kind, the vocabulary size asked, the result folder's tag)."""
+    given = given_tokenizer(tokenizer)
+    if given is not None:
+        return given, "given", given.vocab_size, f"{given.kind}-{given.identity()['sha256'][:12]}"
+    kind = _check_tokenizer_kind(tokenizer)
+    # char, byte and gpt2 vocabularies are fixed by the text, by UTF-8, by GPT-2
+    vocab_size = check_bpe_vocab_size(vocab_size) if kind == "bpe" else None
+    return None, kind, vocab_size, tokenizer_tag(kind, vocab_size)
+
+
+def _build_into(out: Path, build: _Build, part: tuple[int, int] | None, force: bool) -> PreparedData | None:
+    """Run ``build`` (resuming its work folder) and install the result at ``out``."""
+    created = missing_folders(out.parent)  # removed again if preparing fails: no empty folders left
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(out)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        remove_stale_temporaries(out)
+        _open_work(build.work, build.settings, build.source, build.plan, force)
     except OSError as err:
-        _remove_empty(created)
+        remove_empty(created)
         raise DataError(
             f"cannot write prepared data under {out.parent}: {err.strerror or err}; choose another --data_dir"
         ) from None
-    make_public(tmp, directory=True)
     try:
-        meta = _build(tmp, source, settings, quiet=quiet, given=given)
-        out = _true_bpe_name(out, meta, settings)
-        _install(tmp, out)
+        tokenizer_path = build.tokenizer()
+        build.encode(tokenizer_path, part)
+        if part is not None:
+            return None
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        make_public(tmp, directory=True)
+        try:
+            meta = build.assemble(tmp, tokenizer_path)
+            out = true_bpe_name(out, meta, build.settings)
+            install(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        if isinstance(err, DataError) and not isinstance(err, _WorkIncomplete):
+            # bad input: nothing a later run could reuse
+            shutil.rmtree(build.work, ignore_errors=True)
+            remove_empty(created)
         if isinstance(err, OSError):  # disk full, permissions, a source file that vanished
-            raise DataError(f"preparing {source.location} into {out} failed: {err}") from None
+            raise DataError(
+                f"preparing {build.source.location} into {out} failed: {err}; run the same command again "
+                "to resume where it stopped"
+            ) from None
         raise
+    shutil.rmtree(build.work, ignore_errors=True)
     return PreparedData(path=out, meta=meta, tokenizer=load_tokenizer(out / "tokenizer.json"))
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and those above it that do not exist yet, deepest first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
+PARALLEL_MIN_BYTES = 16 << 20
+"""Below this much text, starting worker processes costs more than it saves."""
 
 
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:  # deepest first; one that holds anything (another writer's) stays
-        try:
-            folder.rmdir()
-        except OSError:
-            return
+class _WorkIncomplete(DataError):
+    """The work folder lacks units, or holds some of another tokenizer: keep it for the user to fix."""
 
 
-def _true_bpe_name(out: Path, meta: dict[str, Any], settings: dict[str, Any]) -> Path:
-    """The folder a BPE result goes to: ``bpe-<the size it has>``. A corpus too small for the
-    vocabulary asked gives fewer ids than asked; the folder is named after what it holds (the
-    asked size stays in ``meta.json``'s settings, which is how it is found again)."""
-    asked, got = settings["vocab_size"], meta["vocab_size"]
-    if settings["tokenizer"] != "bpe" or got == asked:
-        return out
-    print(
-        f"note: the corpus gave {got} BPE ids, fewer than the {asked} asked (too little text for "
-        f"more merges); prepared as {tokenizer_tag('bpe', got)}",
-        file=sys.stderr,
-    )
-    return out.parent / tokenizer_tag("bpe", got)
+def _check_workers(workers: int | None, corpus_bytes: int) -> int:
+    if workers is None:
+        return cpu_count() if corpus_bytes >= PARALLEL_MIN_BYTES else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DataError(f"--workers must be a positive number of processes, got {workers!r}")
+    most = 4 * (os.cpu_count() or 1)
+    if workers > most:
+        raise DataError(f"--workers {workers} is more than 4 per CPU of this machine; use at most {most}")
+    return workers
 
 
-def _reuse_smaller_bpe(out: Path, source: TextSource, settings: dict[str, Any]) -> PreparedData | None:
-    """An earlier BPE result for these settings that came out smaller than asked (see
-    :func:`_true_bpe_name`): ``bpe-<N>`` beside ``out`` with N below the size asked."""
-    if settings["tokenizer"] != "bpe" or not out.parent.is_dir():
+def _check_positive(option: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{option} must be a positive whole number, got {value!r}")
+
+
+def _check_part(part: tuple[int, int] | None) -> tuple[int, int] | None:
+    if part is None:
         return None
-    for folder in sorted(out.parent.glob("bpe-*")):
-        size = folder.name[len("bpe-") :]
-        if size.isdigit() and int(size) < settings["vocab_size"]:
-            found = _reuse(folder, source, settings)
-            if found is not None:
-                return found
-    return None
+    k, n = part
+    if not (isinstance(k, int) and isinstance(n, int) and 1 <= k <= n):
+        raise DataError(f"--part must be K/N with 1 <= K <= N, got {k}/{n}")
+    return k, n
 
 
-def load_prepared(path: str | os.PathLike) -> PreparedData:
-    """Open a prepared dataset folder (as written by :func:`prepare`)."""
-    path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise DataError(
-            f"no prepared dataset at {path} (meta.json missing); run `nima prepare --dataset ...` first"
-        )
+# ---------------------------------------------------------------------------------- work folder
+
+
+def _open_work(work: Path, settings: dict[str, Any], source: TextSource, plan: Plan, force: bool) -> None:
+    """Keep the units of an earlier, unfinished preparation of the same plan; else start afresh.
+
+    The plan is named by the settings and the files' paths (relative to the corpus) and sizes, not
+    their mtimes: parts encoded on other machines, from copies of the corpus, still count."""
+    root = source.location if source.location.is_dir() else source.location.parent
+    files = [[os.path.relpath(f.path, root), f.split_name, f.size] for f in source.files]
+    record = {"settings": settings, "files": files, "units": len(plan.units)}
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{meta_path} is damaged ({err}); prepare the dataset again") from None
-    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT:
-        raise DataError(f"{meta_path} is not a Nima prepared dataset (format {PREPARED_FORMAT!r})")
-    data = PreparedData(path=path, meta=meta, tokenizer=load_tokenizer(path / "tokenizer.json"))
-    for split in ("train", "val"):
-        try:
-            expected = int(meta[f"{split}_tokens"]) * data.dtype.itemsize
-        except (KeyError, TypeError, ValueError, OverflowError) as err:
-            raise DataError(f"{meta_path} is damaged (bad {err}); prepare the dataset again") from None
-        file = path / f"{split}.bin"
-        if not file.is_file() or file.stat().st_size != expected:
-            raise DataError(
-                f"{file} is missing or truncated (expected {expected} bytes); prepare the dataset again"
+        same = json.loads((work / "plan.json").read_text(encoding="utf-8")) == record
+    except (OSError, ValueError):
+        same = False
+    if force or not same:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "plan.json", record)
+
+
+class _Build:
+    """The steps of one preparation, sharing its plan, settings and work folder."""
+
+    def __init__(self, source, plan, settings, work, root, workers, quiet, given) -> None:
+        self.source: TextSource = source
+        self.plan: Plan = plan
+        self.settings: dict[str, Any] = settings
+        self.work: Path = work
+        self.root: Path = root
+        self.workers: int = workers
+        self.quiet: bool = quiet
+        self.given: Tokenizer | None = given
+        self.timings: dict[str, float] = {}
+        self.encoded: dict[str, int] = {}
+        """What this run encoded (units done before it not counted): bytes, tokens, processes."""
+
+    def tokenizer(self) -> str:
+        """The path of the tokenizer in the work folder (made once: every part uses the same)."""
+        path = self.work / "tokenizer.json"
+        if path.is_file():
+            return str(path)
+        start = time.perf_counter()
+        tokenizer = self.given or fit_tokenizer(
+            self.settings["tokenizer"],
+            self.settings["vocab_size"],
+            self.plan,
+            data_dir=self.root,
+            val_fraction=self.settings["val_fraction"] or 0.0,
+            sample_chars=self.settings["tokenizer_sample_bytes"] or 0,
+            workers=self.workers,
+            quiet=self.quiet,
+        )
+        tokenizer.save(path)
+        self.timings["tokenizer_s"] = time.perf_counter() - start
+        return str(path)
+
+    def encode(self, tokenizer_path: str, part: tuple[int, int] | None) -> None:
+        """Encode the units not done yet (those of ``part`` only, when given)."""
+        tokenizer = load_tokenizer(tokenizer_path)
+        units = self.plan.units if part is None else part_of(self.plan.units, part)
+        todo = [u for u in units if not unit_files(self.work, u.index)["done"].is_file()]
+        sha256 = sha256_file(Path(tokenizer_path))
+        settings = EncodeSettings(
+            tokenizer_path=tokenizer_path,
+            tokenizer_sha256=sha256,
+            dtype=token_dtype(tokenizer.vocab_size).str,
+            val_fraction=self.settings["val_fraction"] or 0.0,
+            work=str(self.work),
+            fast_bpe=self._use_fast_bpe(tokenizer, tokenizer_path, sha256),
+        )
+        total = sum(u.bytes for u in todo)
+        start, tokens = time.perf_counter(), [0]
+        bar = tqdm(
+            total=total, desc="encode", unit="B", unit_scale=True, disable=self.quiet, dynamic_ncols=True
+        )
+
+        def done(unit, counts) -> None:
+            if "disagreed" in counts["encoder"]:
+                print(
+                    f"note: tiktoken and tokenizers gave different ids in {unit.read.path}; "
+                    "encoding again with tokenizers (slower) where they did",
+                    file=sys.stderr,
+                )
+            tokens[0] += counts["train"]["tokens"] + counts["val"]["tokens"]
+            bar.update(unit.bytes)
+            bar.set_postfix_str(f"{tokens[0] / max(time.perf_counter() - start, 1e-9) / 1e6:.2f}M tok/s")
+
+        with bar:
+            run_units(encode_unit, todo, self.workers, settings, on_done=done)
+        self.timings["encode_s"] = time.perf_counter() - start
+        self.encoded = {"bytes": total, "tokens": tokens[0], "processes": min(self.workers, len(todo))}
+        if part is not None and not self.quiet:
+            print(
+                f"part {part[0]}/{part[1]}: {len(units)} of {len(self.plan.units)} units encoded in "
+                f"{self.work}; when every part's units are there, run the command without --part",
+                file=sys.stderr,
             )
-    return data
+
+    def _use_fast_bpe(self, tokenizer: Tokenizer, tokenizer_path: str, sha256: str) -> bool:
+        if not isinstance(tokenizer, BPETokenizer) or self.source.total_bytes() < FAST_BPE_MIN_BYTES:
+            return False
+        available = fast_bpe_available(tokenizer_path, sha256)
+        if not available and not self.quiet:
+            print(
+                "BPE encoding with tokenizers; `pip install tiktoken` makes it about 3x faster "
+                "(same ids, checked)",
+                file=sys.stderr,
+            )
+        return available
+
+    def assemble(self, folder: Path, tokenizer_path: str) -> dict[str, Any]:
+        """Concatenate the unit files into shards in ``folder``; write ``meta.json``; the meta."""
+        start = time.perf_counter()
+        missing = [u.index for u in self.plan.units if not unit_files(self.work, u.index)["done"].is_file()]
+        if missing:  # a part's units were not copied in
+            raise _WorkIncomplete(
+                f"{len(missing)} work units are missing from {self.work} (the first: {missing[0]})"
+            )
+        counts = [json.loads(unit_files(self.work, u.index)["done"].read_text()) for u in self.plan.units]
+        sha256 = sha256_file(Path(tokenizer_path))
+        strays = [u.index for u, c in zip(self.plan.units, counts, strict=True) if c["tokenizer"] != sha256]
+        if strays:  # a part whose machine trained, or was given, another tokenizer
+            raise _WorkIncomplete(
+                f"{len(strays)} work units in {self.work} (the first: {strays[0]}) were encoded with "
+                f"another tokenizer than {tokenizer_path}; give every part the same --tokenizer file"
+            )
+        tokenizer = load_tokenizer(tokenizer_path)
+        tokenizer.save(folder / "tokenizer.json")
+        dtype = token_dtype(tokenizer.vocab_size)
+        splits = {
+            side: self._write_split(folder, side, dtype, tokenizer.eos_token_id, counts)
+            for side in ("train", "val")
+        }
+        for side, other in (("val", "train"), ("train", "val")):
+            if splits[side]["tokens"] == 0:
+                raise DataError(self._empty_split_message(side, splits[other]["documents"]))
+        self.timings["assemble_s"] = time.perf_counter() - start
+        bad = {"count": sum(c["bad_records"]["count"] for c in counts)}
+        bad["first"] = next((c["bad_records"]["first"] for c in counts if c["bad_records"]["first"]), None)
+        if bad["count"] and not self.quiet:
+            print(f"note: skipped {bad['count']} bad record(s); the first: {bad['first']}", file=sys.stderr)
+        meta = {
+            "format": PREPARED_FORMAT,
+            "dataset": self.source.name,
+            "source": self._source_record(splits),
+            "tokenizer": {**tokenizer.identity(), "eos_token_id": tokenizer.eos_token_id},
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype.str,
+            "train_tokens": splits["train"]["tokens"],
+            "val_tokens": splits["val"]["tokens"],
+            "splits": splits,
+            "split": self._split_record(),
+            "settings": self.settings,
+            "units": len(self.plan.units),
+            "encoder": "; ".join(sorted({c["encoder"] for c in counts})),
+            "bad_records": bad,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "encoded": self.encoded,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_json(folder / "meta.json", meta)
+        return meta
+
+    def _write_split(self, folder: Path, side: str, dtype: np.dtype, eot: int | None, counts: list) -> dict:
+        writer = ShardWriter(folder / side, dtype, self.settings["shard_tokens"], eot=eot)
+        try:
+            for unit in self.plan.units:
+                tokens = open_tokens(unit_files(self.work, unit.index)[side], dtype)
+                for first in range(0, len(tokens), COPY_TOKENS):
+                    writer.write(tokens[first : first + COPY_TOKENS])
+            shards = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return {
+            "tokens": writer.tokens,
+            "documents": sum(c[side]["documents"] for c in counts),
+            "characters": sum(c[side]["characters"] for c in counts),
+            "shards": shards,
+        }
+
+    def _empty_split_message(self, side: str, other_documents: int) -> str:
+        if self.plan.single_document:
+            return f"--dataset {self.source.location} is too small: the {side} split came out empty"
+        return (
+            f"the {side} split of {self.source.location} came out empty ({other_documents} documents went "
+            f"to the other): with few documents, name the validation files with --val_files GLOB"
+            + (" or raise --val_fraction" if self.settings["val_fraction"] else "")
+        )
+
+    def _split_record(self) -> dict[str, Any]:
+        if self.settings["val_files"] is not None:
+            method = f"by files: those matching {self.settings['val_files']!r} are val"
+        elif self.plan.single_document:
+            method = "one document: the last val_fraction of its text is val, cut at a line break"
+        elif all(u.side is not None for u in self.plan.units):
+            method = "by files: the ceil(val_fraction * files) whose path hashes lowest are val"
+        else:
+            method = "by documents: those whose text hashes below val_fraction are val"
+        return {
+            "method": method,
+            "val_fraction": self.settings["val_fraction"],
+            "val_files": self.settings["val_files"],
+        }
+
+    def _source_record(self, splits: dict[str, Any]) -> dict[str, Any]:
+        files = self.source.files
+        hashes = [self.source.known_sha256] if self.source.known_sha256 else [file_sha256(f) for f in files]
+        combined = hashes[0] if self.source.known_sha256 else combined_sha256(files, hashes)
+        return {
+            "kind": self.source.kind,
+            "location": str(self.source.location),
+            "sha256": combined,
+            "file_sha256": hashes,
+            "bytes": self.source.total_bytes(),
+            "characters": splits["train"]["characters"] + splits["val"]["characters"],
+            "documents": splits["train"]["documents"] + splits["val"]["documents"],
+            "fingerprint": self.source.fingerprint(),
+        }
 
 
 def _check_tokenizer_kind(tokenizer: str) -> str:
@@ -337,200 +487,3 @@ def _check_val_fraction(val_fraction: float) -> float:
     if not 0.0 < value < 1.0:
         raise DataError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}; try 0.1")
     return value
-
-
-# ---------------------------------------------------------------------------------------- reuse
-
-
-def _reuse(out: Path, source: TextSource, settings: dict[str, Any]) -> PreparedData | None:
-    """The existing result at ``out`` if it was made from the same source with the same settings."""
-    if not (out / "meta.json").is_file():
-        return None
-    try:
-        data = load_prepared(out)
-    except DataError:
-        return None  # damaged: prepare anew (atomically replacing it)
-    meta = data.meta
-    if meta.get("settings") != settings or meta["source"].get("location") != str(source.location):
-        return None
-    fingerprint = source.fingerprint()
-    if meta["source"].get("fingerprint") == fingerprint:
-        return data
-    # Touched but maybe unchanged (copied, checked out again): compare contents.
-    if meta["source"].get("bytes") != source.total_bytes():
-        return None
-    if _source_sha256(source) != meta["source"].get("sha256"):
-        return None
-    meta["source"]["fingerprint"] = fingerprint
-    atomic_write_json(out / "meta.json", meta)
-    return data
-
-
-def _source_sha256(source: TextSource) -> str:
-    if source.known_sha256:
-        return source.known_sha256  # verified when it was fetched
-    hasher = hashlib.sha256()
-    for document in source.documents(hasher):
-        for _ in document:
-            pass
-    return hasher.hexdigest()
-
-
-STALE_AFTER_S = 24 * 3600
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete temporary folders left by preparations that were killed (older than a day)."""
-    now = time.time()
-    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
-        for folder in out.parent.glob(pattern):
-            try:
-                if now - folder.stat().st_mtime > STALE_AFTER_S:
-                    shutil.rmtree(folder, ignore_errors=True)
-            except OSError:
-                pass  # another process removed it
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an existing result is replaced only after success."""
-    try:
-        os.rename(tmp, out)
-        return
-    except OSError:
-        if not out.exists():
-            raise
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if not out.exists():
-            os.rename(old, out)  # put the previous result back
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process installed the same result first
-    shutil.rmtree(old, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------- build
-
-
-def _build(
-    folder: Path, source: TextSource, settings: dict[str, Any], quiet: bool, given: Tokenizer | None = None
-) -> dict[str, Any]:
-    timings: dict[str, float] = {}
-    kind = settings["tokenizer"]
-
-    # Wall and CPU time (all threads) per phase: on a shared machine CPU time shows the work done.
-    start, cpu = time.perf_counter(), time.process_time()
-    scan = scan_source(source, want_alphabet=(kind == "char"), quiet=quiet)
-    timings["scan_s"], timings["scan_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
-    if scan.chars == 0:
-        raise DataError(f"--dataset {source.location} contains no text")
-    train_chars = int(scan.chars * (1.0 - settings["val_fraction"]))
-    if train_chars < 1 or train_chars >= scan.chars:
-        raise DataError(
-            f"--dataset {source.location} has only {scan.chars} characters: too few to split into "
-            f"train and val with --val_fraction {settings['val_fraction']}"
-        )
-    window = max(1, (scan.chars - train_chars) // 2)
-
-    start, cpu = time.perf_counter(), time.process_time()
-    tokenizer = given or make_tokenizer(source, settings, scan, train_chars, window, quiet)
-    timings["tokenizer_s"], timings["tokenizer_cpu_s"] = (
-        time.perf_counter() - start,
-        time.process_time() - cpu,
-    )
-    tokenizer.save(folder / "tokenizer.json")
-
-    start, cpu = time.perf_counter(), time.process_time()
-    dtype = token_dtype(tokenizer.vocab_size)
-    counts = _encode_to_files(folder, source, tokenizer, dtype, train_chars, window, scan.chars, quiet)
-    timings["encode_s"], timings["encode_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
-    if counts["val"] == 0 or counts["train"] == 0:
-        empty = "val" if counts["val"] == 0 else "train"
-        raise DataError(
-            f"--dataset {source.location} is too small: the {empty} split came out empty "
-            f"({scan.chars} characters in all); add text or change --val_fraction"
-        )
-
-    meta = {
-        "format": PREPARED_FORMAT,
-        "dataset": source.name,
-        "source": {
-            "kind": source.kind,
-            "location": str(source.location),
-            "sha256": scan.sha256,
-            "bytes": source.total_bytes(),
-            "characters": scan.chars,
-            "documents": scan.documents,
-            "fingerprint": source.fingerprint(),
-        },
-        "tokenizer": {**tokenizer.identity(), "eos_token_id": tokenizer.eos_token_id},
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype.str,
-        "train_tokens": counts["train"],
-        "val_tokens": counts["val"],
-        "split": {
-            "method": "by position: the first (1 - val_fraction) of the text is train, cut at a line break",
-            "val_fraction": settings["val_fraction"],
-            "train_characters": counts["train_chars"],
-            "val_characters": counts["val_chars"],
-        },
-        "settings": settings,
-        "encoder": counts["encoder"],
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic_write_json(folder / "meta.json", meta)
-    return meta
-
-
-def _encode_to_files(
-    folder: Path,
-    source: TextSource,
-    tokenizer: Tokenizer,
-    dtype: np.dtype,
-    train_chars: int,
-    window: int,
-    total_chars: int,
-    quiet: bool,
-) -> dict[str, Any]:
-    encoder = make_stream_encoder(tokenizer, fast_bpe=_fast_bpe(tokenizer, total_chars, quiet))
-    try:
-        counts = encode_pass(
-            folder, source, encoder, dtype, tokenizer.eos_token_id, train_chars, window, total_chars, quiet
-        )
-    except FastPathMismatch as err:
-        print(f"note: {err}; encoding again with tokenizers (slower)", file=sys.stderr)
-        encoder = HFBPEStreamEncoder(tokenizer)
-        counts = encode_pass(
-            folder, source, encoder, dtype, tokenizer.eos_token_id, train_chars, window, total_chars, quiet
-        )
-        counts["encoder"] = "tokenizers (tiktoken disagreed on this corpus)"
-    return counts
-
-
-FAST_BPE_MIN_CHARS = 1 << 22
-"""Below this much text, building and checking the fast encoder costs more than it saves."""
-
-
-def _fast_bpe(tokenizer: Tokenizer, total_chars: int, quiet: bool) -> FastBPE | None:
-    """tiktoken built from ``tokenizer`` when it is BPE and the fast path applies, else None."""
-    if not isinstance(tokenizer, BPETokenizer) or total_chars < FAST_BPE_MIN_CHARS:
-        return None
-    if tokenizer.style != BYTE_LEVEL:  # tiktoken speaks GPT-2's byte-level BPE only
-        return None
-    if not tiktoken_installed():
-        if not quiet:
-            print(
-                "BPE encoding with tokenizers; `pip install tiktoken` makes it about 3x faster "
-                "(same ids, checked)",
-                file=sys.stderr,
-            )
-        return None
-    try:
-        return FastBPE(tokenizer)
-    except FastBPEUnavailable as err:
-        print(f"note: fast BPE encoding (tiktoken) not used: {err}; using tokenizers", file=sys.stderr)
-        return None

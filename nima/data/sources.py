@@ -1,26 +1,26 @@
-"""Text sources: a dataset name or path -> documents, read as a stream of text blocks.
+"""Text sources: ``--dataset`` -> the corpus' files, in a fixed order.
 
 ``resolve_source`` accepts a known dataset name (``tiny_shakespeare``: found locally, in the
-offline mirror ``$NIMA_DATA_MIRROR``, or downloaded and verified by sha256), a text file, a folder
-of ``.txt`` files (one document per file) or a ``.jsonl`` file (one document per line, text in
-``text_field``). Reading is streamed in blocks, so memory never grows with the corpus.
+offline mirror ``$NIMA_DATA_MIRROR``, or downloaded and verified by sha256), a file, a folder
+(searched recursively; hidden files skipped) or a glob of the formats :mod:`nima.data.readers`
+reads, or a folder written by ``datasets.Dataset.save_to_disk``. Files are sorted by path, so the
+corpus' order never depends on the file system.
 """
 
 from __future__ import annotations
 
 import codecs
+import glob
 import hashlib
 import json
 import os
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from nima.data.readers import SUFFIXES, file_format
 from nima.errors import DataError
 from nima.files import atomic_copy, atomic_write, one_line, sha256_file, why_unwritable
-
-READ_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -46,119 +46,62 @@ DOWNLOAD_TIMEOUT_S = 30
 
 
 @dataclass
-class TextSource:
-    """Where a corpus' text comes from and how to read it.
+class SourceFile:
+    """One file of a corpus (or one split of a datasets folder)."""
 
-    ``kind``: "known" (a :data:`KNOWN_DATASETS` entry), "file", "folder" or "jsonl". ``files``
-    are read in order; each file is one document, except for jsonl where each line is one.
+    path: Path
+    format: str
+    """text | jsonl | jsonl.gz | jsonl.zst | parquet | datasets"""
+    size: int
+    mtime_ns: int
+    split: str | None = None
+    """For a datasets folder with splits: ``train`` or ``val`` (its ``validation`` split)."""
+    split_name: str | None = None
+    """That split's own name in the folder."""
+
+    @classmethod
+    def of(cls, path: Path, file_format: str, **kwargs: str | None) -> SourceFile:
+        """The entry for ``path``; a folder (a datasets split) counts all the files in it."""
+        stats = [_stat(path)] if not path.is_dir() else [_stat(p) for p in path.rglob("*") if p.is_file()]
+        size, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+        return cls(path=path, format=file_format, size=size, mtime_ns=mtime, **kwargs)
+
+    def fingerprint(self) -> list:
+        """Cheap identity for the reuse check: path, split, size and mtime."""
+        return [str(self.path), self.split_name, self.size, self.mtime_ns]
+
+
+@dataclass
+class TextSource:
+    """Where a corpus' text comes from: its files in a fixed order, and how to read them.
+
+    ``kind``: "known" (a :data:`KNOWN_DATASETS` entry), "file", "folder", "glob" or "datasets".
     """
 
     name: str
     kind: str
-    files: list[Path]
+    files: list[SourceFile]
     location: Path
     encoding: str = "utf-8"
     text_field: str = "text"
     known_sha256: str | None = None
-    _root: Path | None = field(default=None, repr=False)
 
     @property
-    def multi_document(self) -> bool:
-        """Whether documents must be separated (an end-of-text token between them)."""
-        return self.kind in ("folder", "jsonl")
+    def uses_text_field(self) -> bool:
+        return any(f.format != "text" for f in self.files)
 
     def fingerprint(self) -> list[list]:
-        """Cheap identity of the source files: (path, size, mtime) each, for the reuse check."""
-        rows = []
-        for path in self.files:
-            st = path.stat()
-            rows.append([str(path), st.st_size, st.st_mtime_ns])
-        return rows
+        return [f.fingerprint() for f in self.files]
 
     def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files)
-
-    def documents(self, hasher=None) -> Iterator[Iterator[str]]:
-        """Each document as an iterator of text blocks; ``hasher`` (hashlib) sees every raw byte."""
-        for path in self.files:
-            if self.kind == "jsonl":
-                yield from _jsonl_documents(path, self.encoding, self.text_field, hasher)
-            else:
-                if hasher is not None and len(self.files) > 1:
-                    # Folders: the file name is part of the identity, not only the bytes.
-                    hasher.update(str(path.relative_to(self._root or path.parent)).encode() + b"\0")
-                yield read_text_blocks(path, self.encoding, hasher)
+        return sum(f.size for f in self.files)
 
 
-def read_text_blocks(
-    path: Path, encoding: str = "utf-8", hasher=None, block_bytes: int = READ_BLOCK_BYTES
-) -> Iterator[str]:
-    """Decode ``path`` block by block; a decoding error names the file and the byte offset."""
-    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    position = 0
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(block_bytes)
-            if hasher is not None and raw:
-                hasher.update(raw)
-            held_back = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as err:
-                raise _decode_error(path, encoding, position - held_back + err.start) from None
-            except (UnicodeError, ValueError) as err:  # utf-16 / utf-32 without a byte-order mark ...
-                raise _decode_error(path, encoding, position - held_back, one_line(err)) from None
-            position += len(raw)
-            if text:
-                yield text
-            if not raw:
-                return
-
-
-def _decode_error(path: Path, encoding: str, offset: int, why: str = "") -> DataError:
-    hint = (
-        "--encoding latin-1"
-        if encoding.replace("_", "-").lower() in ("utf-8", "utf8")
-        else "--encoding utf-8"
-    )
-    return DataError(
-        f"{path} is not valid {encoding} text at byte offset {max(offset, 0)}{f' ({why})' if why else ''}; "
-        f"pass the file's encoding, for example {hint}"
-    )
-
-
-def _jsonl_documents(path: Path, encoding: str, text_field: str, hasher) -> Iterator[Iterator[str]]:
-    position = 0
-    with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
-            if hasher is not None:
-                hasher.update(raw)
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError as err:
-                raise _decode_error(path, encoding, position + err.start) from None
-            except (UnicodeError, ValueError) as err:
-                raise _decode_error(path, encoding, position, one_line(err)) from None
-            position += len(raw)
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {line_number} is not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
-                raise DataError(
-                    f"{path} line {line_number} has no field {text_field!r} (it has: {keys}); "
-                    "choose the field with --text_field NAME"
-                )
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise DataError(
-                    f"{path} line {line_number}: field {text_field!r} is a {type(text).__name__}, not text"
-                )
-            if text:
-                yield iter((text,))
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 def check_encoding(encoding: str, option: str = "--encoding") -> str:
@@ -186,49 +129,106 @@ def resolve_source(
     text_field: str = "text",
     offline: bool = False,
 ) -> TextSource:
-    """Turn ``--dataset`` (a known name or a path) into a :class:`TextSource`; fetch if needed."""
+    """Turn ``--dataset`` (a known name, a path or a glob) into a :class:`TextSource`; fetch if needed."""
     check_encoding(encoding)
     spec = str(dataset)
     if not spec.strip():
         raise DataError("--dataset is empty; pass a known name (" + ", ".join(KNOWN_DATASETS) + ") or a path")
+    common = {"encoding": encoding, "text_field": text_field}
     if spec in KNOWN_DATASETS:
         known = KNOWN_DATASETS[spec]
         path = fetch_known_dataset(known, data_dir, offline=offline)
-        return TextSource(
-            name=known.name,
-            kind="known",
-            files=[path],
-            location=path,
-            encoding=encoding,
-            known_sha256=known.sha256,
-        )
+        file = SourceFile.of(path, "text")
+        return TextSource(known.name, "known", [file], path, known_sha256=known.sha256, **common)
+    if glob.has_magic(spec):
+        return _glob_source(spec, common)
     path = Path(spec).expanduser()
     if not path.exists():
         if os.sep in spec or "/" in spec or path.suffix:
             raise DataError(f"--dataset {spec}: no such file or folder")
         raise DataError(
             f"unknown dataset {spec!r}; known datasets: {', '.join(KNOWN_DATASETS)} "
-            "(or pass a path to a .txt file, a folder of .txt files, or a .jsonl file)"
+            f"(or pass a file, a folder or a glob of {', '.join(SUFFIXES)} files)"
         )
     path = path.resolve()
-    name = path.stem if path.is_file() else path.name
-    if name in KNOWN_DATASETS:
-        name += "-local"  # never mix a user's file with the known corpus' folder
+    name = _name(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if is_saved_dataset(path):
+            return TextSource(name, "datasets", _dataset_splits(path), path, **common)
+        files = _corpus_files(sorted(p for p in path.rglob("*") if not _hidden(p.relative_to(path))))
         if not files:
-            raise DataError(f"--dataset {path}: the folder has no .txt files")
-        if all(p.stat().st_size == 0 for p in files):
-            raise DataError(f"--dataset {path}: every .txt file in the folder is empty")
-        return TextSource(name=name, kind="folder", files=files, location=path, encoding=encoding, _root=path)
+            raise DataError(f"--dataset {path}: the folder has no {', '.join(SUFFIXES)} files")
+        _check_not_all_empty(files, f"--dataset {path}: every file in the folder is empty")
+        return TextSource(name, "folder", files, path, **common)
     if not path.is_file():
         raise DataError(f"--dataset {path} is neither a file nor a folder")
     if path.stat().st_size == 0:
         raise DataError(f"--dataset {path} is empty; give a file with some text in it")
-    kind = "jsonl" if path.suffix.lower() == ".jsonl" else "file"
-    return TextSource(
-        name=name, kind=kind, files=[path], location=path, encoding=encoding, text_field=text_field
-    )
+    return TextSource(name, "file", [SourceFile.of(path, file_format(path) or "text")], path, **common)
+
+
+def _name(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name in KNOWN_DATASETS:
+        name += "-local"  # never mix a user's file with the known corpus' folder
+    return name
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _corpus_files(paths: list[Path]) -> list[SourceFile]:
+    return [SourceFile.of(p, fmt) for p in paths if p.is_file() and (fmt := file_format(p)) is not None]
+
+
+def _check_not_all_empty(files: list[SourceFile], message: str) -> None:
+    if all(f.size == 0 for f in files):
+        raise DataError(message)
+
+
+def _glob_source(pattern: str, common: dict[str, str]) -> TextSource:
+    matched = sorted(Path(p).resolve() for p in glob.glob(os.path.expanduser(pattern), recursive=True))
+    files = _corpus_files(matched)
+    if not files:
+        raise DataError(f"--dataset {pattern!r} matches no {', '.join(SUFFIXES)} files")
+    _check_not_all_empty(files, f"--dataset {pattern!r}: every file it matches is empty")
+    root = Path(os.path.commonpath([f.path.parent for f in files]))
+    return TextSource(_name(root), "glob", files, root, **common)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk``."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+VALIDATION_SPLITS = ("validation", "valid", "val")
+
+
+def _dataset_splits(path: Path) -> list[SourceFile]:
+    """A datasets folder as source entries: the whole dataset, or its train and validation splits."""
+    dict_file = path / "dataset_dict.json"
+    if not dict_file.is_file():
+        return [SourceFile.of(path, "datasets")]
+    try:
+        splits = json.loads(dict_file.read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{dict_file} is damaged ({one_line(err)})") from None
+    if "train" not in splits:
+        raise DataError(f"{path} has no train split (it has: {', '.join(map(str, splits))})")
+    entries = [SourceFile.of(path / "train", "datasets", split="train", split_name="train")]
+    entries[0].path = path
+    for name in VALIDATION_SPLITS:
+        if name in splits:
+            val = SourceFile.of(path / name, "datasets", split="val", split_name=name)
+            val.path = path
+            entries.append(val)
+            break
+    return entries
 
 
 def fetch_known_dataset(known: KnownDataset, data_dir: Path, offline: bool = False) -> Path:

@@ -188,11 +188,14 @@ class _DocumentStart(str):
 class FastBPEStreamEncoder(StreamEncoder):
     """BPE with ``tiktoken`` on every core, checked against ``tokenizers`` on a sample as it goes."""
 
-    def __init__(self, fast: FastBPE, workers: int | None = None):
+    def __init__(self, fast: FastBPE, workers: int | None = None, check_first: bool = True):
         self._fast = fast
         self.workers = workers or cpu_count()
         self._units = 0
         self._checked_chars = 0
+        self._check_first = check_first
+        """Compare the whole first CHECK_FIRST_CHARS (a corpus' first work unit does; the others
+        only one unit in CHECK_EVERY, or a corpus of small files would be checked mostly whole)."""
         self.description = "tiktoken (checked against tokenizers)"
 
     @property
@@ -203,7 +206,8 @@ class FastBPEStreamEncoder(StreamEncoder):
     def cut(self, blocks: Iterable[str]) -> Iterator[str]:
         for unit in iter_pieces(blocks, piece_chars=FAST_UNIT_CHARS):
             # Decided here, in the calling thread, so the sample is the same on every run.
-            check = self._checked_chars < CHECK_FIRST_CHARS or self._units % CHECK_EVERY == 0
+            first = self._check_first and self._checked_chars < CHECK_FIRST_CHARS
+            check = first or self._units % CHECK_EVERY == 0
             self._units += 1
             if check:
                 self._checked_chars += len(unit)

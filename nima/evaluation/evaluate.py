@@ -4,7 +4,7 @@ Two entry points share one scoring step:
 
 - :func:`evaluate_model` on a ``DataLoader`` (or any iterable of batches) of ``input_ids`` /
   ``labels`` — what the Trainer calls every ``eval_every`` steps — or on a token stream / text.
-- :func:`evaluate_tokens` on a flat token stream (a prepared ``val.bin`` memmap, a list of ids)
+- :func:`evaluate_tokens` on a flat token stream (a prepared split's ``tokens("val")``, a list of ids)
   cut into non-overlapping or sliding windows: what ``nima eval`` uses.
 
 This module imports only torch and numpy, so the Trainer can use it without an import cycle.
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nima.data.loader import IGNORE_INDEX
+from nima.data.shards import ShardedTokens
 from nima.errors import ConfigError, DataError
 from nima.evaluation.metrics import EvalResult
 from nima.evaluation.text_units import count_text_units
@@ -177,6 +178,8 @@ def _token_stream(tokens: Sequence[int] | np.ndarray | torch.Tensor, max_tokens:
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
     if n < 2:
         raise DataError(f"cannot evaluate {n} token(s): at least 2 are needed (one context, one target)")
+    if isinstance(tokens, ShardedTokens):  # a prepared split: read lazily, shard by shard
+        return tokens.head(n)
     if isinstance(tokens, torch.Tensor):
         return tokens.detach().cpu().numpy()[:n]
     if isinstance(tokens, np.ndarray):
@@ -302,6 +305,8 @@ def evaluate_text(model: torch.nn.Module, text: str, tokenizer: Any, **kwargs: A
 
 
 def _is_token_stream(data: Any) -> bool:
+    if isinstance(data, ShardedTokens):
+        return True
     if isinstance(data, np.ndarray) or (isinstance(data, torch.Tensor) and data.dim() == 1):
         return data.ndim == 1
     return isinstance(data, (list, tuple)) and len(data) > 0 and isinstance(data[0], (int, np.integer))

@@ -1,9 +1,12 @@
 """The data cursor: where training is in the data (epoch, batch), and the windows it hands out.
 
 A *window* is the ``gradient_accumulation_steps`` micro-batches of one optimizer step; it never
-crosses an epoch boundary. The cursor's state (epoch, batch in the epoch, tokens seen) goes into
-checkpoints; on resume it positions the loader at the same batch, so the batches that follow are
-exactly those an uninterrupted run would have seen.
+crosses an epoch boundary. The cursor's state goes into checkpoints: the epoch, the batch in the
+epoch, the tokens seen, and the global position: the samples (windows) consumed in the epoch over
+all processes, with their number. On resume it positions the loader at that global sample, so the
+batches that follow are exactly those an uninterrupted run would have seen, and a run saved by
+``W`` processes continues on ``W'`` from the same window. Checkpoints written before the global
+position existed resume at their batch index, as they always did.
 """
 
 from __future__ import annotations
@@ -49,9 +52,13 @@ def quiet_rng():
         yield
 
 
-def position_loader(loader: Any, epoch: int, start_batch: int) -> int:
-    """Put ``loader`` at (epoch, start_batch); returns the batches still to skip by hand."""
+def position_loader(loader: Any, epoch: int, start_batch: int, start_sample: int | None = None) -> int:
+    """Put ``loader`` at (epoch, start_batch), or at the epoch's global sample ``start_sample``
+    where its sampler can start there; returns the batches still to skip by hand."""
     sampler = getattr(loader, "sampler", None)
+    if start_sample is not None and hasattr(sampler, "set_global_start"):
+        set_loader_epoch(loader, epoch, start_sample=start_sample)
+        return 0
     if hasattr(sampler, "set_start"):
         set_loader_epoch(loader, epoch, start_batch=start_batch)
         return 0
@@ -71,6 +78,9 @@ class DataCursor:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.tokens_seen = 0
+        self.samples_in_epoch = 0
+        """Samples (windows) of this epoch consumed so far, over all processes."""
+        self._start_sample: int | None = None  # the global sample a resume starts the epoch at
         self._iter: Iterator | None = None
         self.batches_per_epoch = self._loader_length()
         if self.batches_per_epoch == 0:
@@ -89,7 +99,7 @@ class DataCursor:
         moves to the next epoch when this one ends."""
         if self._iter is None:
             with quiet_rng():
-                skip = position_loader(self.loader, self.epoch, self.batch_in_epoch)
+                skip = position_loader(self.loader, self.epoch, self.batch_in_epoch, self._start_sample)
                 self._iter = iter(self.loader)
             for _ in range(skip):
                 next(self._iter, None)
@@ -103,16 +113,19 @@ class DataCursor:
             except StopIteration:
                 exhausted = True
                 break
-        tokens = sum(unpack_batch(b)[0].numel() for b in batches) * self.world_size
+        inputs = [unpack_batch(b)[0] for b in batches]
+        tokens = sum(x.numel() for x in inputs) * self.world_size
         self.batch_in_epoch += len(batches)
         self.tokens_seen += tokens
+        self.samples_in_epoch += sum(len(x) for x in inputs) * self.world_size
         per_epoch = self.batches_per_epoch
         ends = exhausted or (per_epoch is not None and self.batch_in_epoch >= per_epoch)
         if ends:
             if not batches and self.batch_in_epoch == 0:
                 raise ConfigError(NO_BATCHES)
             self.epoch += 1
-            self.batch_in_epoch = 0
+            self.batch_in_epoch = self.samples_in_epoch = 0
+            self._start_sample = None
             self._iter = None
         return Window(batches, tokens, ends)
 
@@ -123,13 +136,35 @@ class DataCursor:
         return self.epoch + part
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "tokens_seen": self.tokens_seen}
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "tokens_seen": self.tokens_seen,
+            "samples_in_epoch": self.samples_in_epoch,
+            "data_world_size": self.world_size,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``'s position. With ``samples_in_epoch`` (and a sampler that can start
+        there, as :func:`~nima.data.create_dataloader`'s can) the loader starts at that global
+        sample, whatever the number of processes that saved it; the batch index is then counted
+        again for this run's processes. Without it (older checkpoints): at the batch index."""
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.tokens_seen = int(state.get("tokens_seen") or 0)
         self._iter = None
+        samples = state.get("samples_in_epoch")
+        self._start_sample = None
+        if samples is None:  # every batch before a stop mid-epoch was a full one
+            rows = getattr(self.loader, "batch_size", None) or 0
+            self.samples_in_epoch = self.batch_in_epoch * rows * self.world_size
+            return
+        self.samples_in_epoch = int(samples)
+        if hasattr(getattr(self.loader, "sampler", None), "set_global_start") and self.batches_per_epoch:
+            self._start_sample = self.samples_in_epoch
+            with quiet_rng():
+                position_loader(self.loader, self.epoch, 0, self._start_sample)
+            self.batch_in_epoch = self.batches_per_epoch - len(self.loader)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------- loader facts

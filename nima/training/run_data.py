@@ -4,15 +4,26 @@ train and validation loaders."""
 
 from __future__ import annotations
 
+import dataclasses
 import sysconfig
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import ConcatDataset
+
 from nima.checkpoint import load_checkpoint_file
 from nima.checkpoint.format import saved_model_config
 from nima.config import RunConfig
-from nima.data import DataCollator, TokenWindowDataset, create_dataloader, default_data_dir, prepare
-from nima.data.preparation import check_token_ids
+from nima.data import (
+    DataCollator,
+    TokenWindowDataset,
+    create_dataloader,
+    default_data_dir,
+    load_prepared,
+    prepare,
+)
+from nima.data.mixture import MixtureDataset, PreparedMixture
+from nima.data.prepared import check_token_ids
 from nima.distributed import DistributedContext, barrier
 from nima.errors import ConfigError, DataError
 from nima.files import atomic_write_text
@@ -48,12 +59,18 @@ def prepare_data(run: RunConfig, allow_fallback: bool, say=print):
     """Prepare (or reuse) the run's data; with ``allow_fallback``, use the stdlib corpus if tiny
     Shakespeare cannot be had. Returns ``PreparedData``."""
     data = run.data
+    if data.mixture:
+        return prepare_mixture(run, say)
     vocab_size = run.bpe_vocab_size
     kwargs = {
         "data_dir": data.data_dir,
         "encoding": data.encoding,
         "text_field": data.text_field,
         "val_fraction": data.val_fraction,
+        "val_files": data.val_files,
+        "workers": data.prepare_workers,
+        "shard_tokens": data.shard_tokens,
+        "tokenizer_sample_bytes": data.tokenizer_sample_bytes,
     }
     try:
         return prepare(data.dataset, data.tokenizer, vocab_size=vocab_size, **kwargs)
@@ -82,6 +99,27 @@ def prepare_data_once_per_node(run: RunConfig, ctx: DistributedContext, allow_fa
     return prepared
 
 
+def prepare_mixture(run: RunConfig, say=print) -> PreparedMixture:
+    """The corpora of ``data.mixture``: a prepared folder as it is, anything else prepared as
+    ``data.dataset`` would be; the first entry's tokenizer encodes every later one, so that they
+    share it (prepared folders must already: one error line otherwise)."""
+    items = run.data.mixture or []
+    components, tokenizer = [], run.data.tokenizer
+    for item in items:
+        folder = Path(item["dataset"]).expanduser()
+        if (folder / "meta.json").is_file():
+            found = load_prepared(folder)
+        else:
+            one = dataclasses.replace(run.data, dataset=item["dataset"], tokenizer=tokenizer, mixture=None)
+            found = prepare_data(run.replace(data=one), allow_fallback=False, say=say)
+        tokenizer = str(found.tokenizer_path)
+        components.append(found)
+    weights = [float(item["weight"]) for item in items]
+    mixture = PreparedMixture(components, weights, [item["dataset"] for item in items])
+    say(f"data: {mixture.describe()}")
+    return mixture
+
+
 def model_config_from(run: RunConfig, init_from: str | Path, tokenizer: Any, say=print) -> RunConfig:
     """The run with the model config of checkpoint ``init_from`` (the run's own dropout and
     gradient checkpointing kept: they change training, not the weights)."""
@@ -100,18 +138,16 @@ def model_config_from(run: RunConfig, init_from: str | Path, tokenizer: Any, say
 
 
 def build_loaders(run: RunConfig, prepared: Any, rank: int, world_size: int):
-    """Train and validation loaders over windows of model.max_seq_len tokens, sharded by rank."""
+    """Train and validation loaders over windows of model.max_seq_len tokens, sharded by rank
+    (``prepared``: a :class:`PreparedData`, or the :class:`PreparedMixture` of ``data.mixture``)."""
     seed = run.training.seed
-    context = run.model.max_seq_len
-    train_ds = TokenWindowDataset.from_prepared(prepared, "train", context, seed=seed)
-    val_ds = TokenWindowDataset.from_prepared(prepared, "val", context, seed=seed)
-    if len(train_ds) == 0:
-        raise DataError(
-            f"the training split of {prepared.path} is shorter than one window of "
-            f"model.max_seq_len={context} tokens; use a smaller max_seq_len or more text"
-        )
-    for split, dataset in (("train", train_ds), ("val", val_ds)):
-        check_token_ids(dataset.tokens, prepared.path / f"{split}.bin", run.model.vocab_size)
+    corpora = prepared.components if isinstance(prepared, PreparedMixture) else [prepared]
+    pairs = [split_datasets(run, data) for data in corpora]
+    if isinstance(prepared, PreparedMixture):
+        train_ds = MixtureDataset([train for train, _ in pairs], prepared.weights, seed=seed)
+        val_ds = ConcatDataset([val for _, val in pairs])  # every corpus's validation windows
+    else:
+        train_ds, val_ds = pairs[0]
     collator = DataCollator(prepared.tokenizer)
     workers = run.data.num_workers
     common = {
@@ -125,3 +161,22 @@ def build_loaders(run: RunConfig, prepared: Any, rank: int, world_size: int):
     train = create_dataloader(train_ds, run.training.batch_size, shuffle=True, **common)
     val = create_dataloader(val_ds, run.training.batch_size, shuffle=False, **common) if len(val_ds) else None
     return train, val
+
+
+def split_datasets(run: RunConfig, data: Any) -> tuple[TokenWindowDataset, TokenWindowDataset]:
+    """The train and validation windows of one prepared corpus, every shard's ids checked to fit
+    the model's vocabulary (an error names the shard)."""
+    context, seed = run.model.max_seq_len, run.training.seed
+    train_ds = TokenWindowDataset.from_prepared(
+        data, "train", context, seed=seed, align_windows=run.data.align_windows
+    )
+    val_ds = TokenWindowDataset.from_prepared(data, "val", context, seed=seed)
+    if len(train_ds) == 0:
+        raise DataError(
+            f"the training split of {data.path} is shorter than one window of "
+            f"model.max_seq_len={context} tokens; use a smaller max_seq_len or more text"
+        )
+    for split, dataset in (("train", train_ds), ("val", val_ds)):
+        for path, shard in zip(data.shard_paths(split), dataset.tokens.shards, strict=True):
+            check_token_ids(shard, path, run.model.vocab_size)
+    return train_ds, val_ds
