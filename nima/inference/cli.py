@@ -23,6 +23,7 @@ from nima.inference.loading import (
     load_for_inference,
     set_threads,
 )
+from nima.inference.stop_strings import check_stop_strings
 from nima.models import check_sampling
 
 EXAMPLES = """examples:
@@ -30,6 +31,7 @@ EXAMPLES = """examples:
   nima generate --checkpoint CKPT --prompt "ROMEO:" --max_new_tokens 200 \\
                 --temperature 0.8 --top_k 50 --top_p 0.95
   nima generate --checkpoint CKPT --prompt_file prompt.txt --num_samples 3
+  nima generate --checkpoint CKPT --prompt "ROMEO:" --stop "JULIET:" --stop '\n\n'
   nima generate --checkpoint CKPT --interactive        (one prompt per line; 'quit' or Ctrl-D ends)
 """
 
@@ -62,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed; sample i uses seed + i (default: random)")
     p.add_argument("--num_samples", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--no_stop_at_eos", action="store_true", help="keep going past the end-of-text token")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="end the sample before this text (not printed); repeat for several",
+    )
     add_loading_options(p)
     return p
 
@@ -84,7 +93,13 @@ def _settings(args: argparse.Namespace) -> SamplingSettings:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         stop_at_eos=not args.no_stop_at_eos,
+        stop=check_stop_strings([_unescape(s) for s in args.stop]),
     )
+
+
+def _unescape(text: str) -> str:
+    r"""``--stop '\n\n'`` as typed in a shell means two newlines."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def _read_prompt_file(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 The sampling itself (temperature, top-k, top-p, repetition penalty, KV cache) lives in
 ``nima.models.generation``; this module deals in text: prompt checks, streaming decode that never
-prints half a UTF-8 character, and stopping at the end-of-text token.
+prints half a UTF-8 character, and stopping at the end-of-text token or at a stop sequence
+(``nima.inference.stop_strings``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from nima.errors import ConfigError, DataError
+from nima.inference.stop_strings import StopMatcher
 
 
 @dataclass
@@ -34,6 +36,8 @@ class SamplingSettings:
     """Seed for reproducible samples (None: a different sample each run)."""
     stop_at_eos: bool = True
     """Stop when the model produces the tokenizer's end-of-text token (which is not printed)."""
+    stop: tuple[str, ...] = ()
+    """Stop sequences: the text ends before the first of them that it reaches (not included)."""
 
 
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
@@ -79,10 +83,13 @@ def stream_text(
     counts: dict[str, int] | None = None,
 ) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece as the model samples it (prompt not
-    included). ``counts``, when given, receives ``prompt_tokens`` and ``new_tokens``."""
+    included), ending before the first of ``settings.stop`` it reaches (a piece that could be the
+    start of a stop sequence is held back until it cannot). ``counts``, when given, receives
+    ``prompt_tokens`` and ``new_tokens``."""
     ids = encode_prompt(tokenizer, prompt)
     eos = tokenizer.eos_token_id if settings.stop_at_eos else None
-    decoder = _stream_decoder(tokenizer)
+    decoder = stream_decoder(tokenizer)
+    stops = StopMatcher(settings.stop)
     if counts is not None:
         counts.update(prompt_tokens=len(ids), new_tokens=0)
     for token_id in model.generate_stream(
@@ -99,10 +106,13 @@ def stream_text(
             counts["new_tokens"] += 1
         if eos is not None and token_id == eos:
             break
-        piece = decoder.push(token_id)
+        piece, stopped = stops.push(decoder.push(token_id))
         if piece:
             yield piece
-    tail = decoder.flush()
+        if stopped:
+            return
+    piece, stopped = stops.push(decoder.flush())
+    tail = piece if stopped else piece + stops.flush()
     if tail:
         yield tail
 
@@ -132,6 +142,8 @@ class _DecodeAll:
         return text[self.sent :]
 
 
-def _stream_decoder(tokenizer: Any) -> Any:
+def stream_decoder(tokenizer: Any) -> Any:
+    """An object with ``push(token_id) -> str`` and ``flush() -> str`` that hands out whole
+    characters only: the tokenizer's ``decode_stream()``, or a decode-everything fallback."""
     make = getattr(tokenizer, "decode_stream", None)
     return make() if callable(make) else _DecodeAll(tokenizer)

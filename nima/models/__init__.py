@@ -4,7 +4,7 @@
 model; ``model(input_ids, labels)`` returns a :class:`ModelOutput`; ``model.generate(...)`` samples.
 """
 
-from nima.models.attention import CausalSelfAttention, KVCache
+from nima.models.attention import CausalSelfAttention, KVCache, RowKVCache
 from nima.models.config import ARCHITECTURES, ModelConfig
 from nima.models.generation import (
     apply_repetition_penalty,
@@ -45,6 +45,7 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "ModelOutput",
+    "RowKVCache",
     "SequenceTooLongError",
     "apply_repetition_penalty",
     "check_sampling",

@@ -7,134 +7,68 @@ tokens) rather than on every step; uncached generation (``use_cache=False``) ins
 window of the last ``max_seq_len`` tokens at every step. Both are exactly the same up to
 ``max_seq_len`` tokens of context; beyond it they condition on slightly different windows.
 A prompt longer than ``max_seq_len`` is cut to its last ``max_seq_len`` tokens.
+
+Prompts of different lengths in one batch (a "ragged" batch: a list of lists), or a batch with a
+seed per row, run through :class:`~nima.models.batch_decoding.BatchDecoder`: each row's output is
+the one it would get alone, and each row stops at its own end-of-text token.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
-from numbers import Integral, Real
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from nima.errors import CheckpointError, ConfigError
 from nima.models.attention import KVCache
-from nima.models.config import ModelConfig
+from nima.models.batch_decoding import BatchDecoder, RowSampling
+from nima.models.sampling import (
+    CausalLM,
+    apply_repetition_penalty,
+    check_sampling,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+)
+
+__all__ = [
+    "CausalLM",
+    "apply_repetition_penalty",
+    "check_sampling",
+    "generate",
+    "generate_stream",
+    "sample_next_token",
+    "top_k_filter",
+    "top_p_filter",
+]
 
 
-class CausalLM(Protocol):
-    """What generation uses of a model: a :class:`~nima.models.gpt.GPT` (whose ``generate`` methods
-    call this module, so this module names the interface rather than importing the class)."""
-
-    config: ModelConfig
-    training: bool
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
-
-    def eval(self) -> Any: ...
-
-    def train(self, mode: bool = True) -> Any: ...
-
-    def last_token_logits(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor: ...
+Seeds = int | Sequence[int | None] | None
+"""One seed for the whole batch, or one per row (None: torch's global RNG)."""
 
 
-def apply_repetition_penalty(logits: torch.Tensor, token_ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Discourage tokens already present in ``token_ids`` (B, n) (CTRL scheme).
-
-    A seen token's positive logit is divided by ``penalty``, a negative one multiplied, so
-    penalty > 1 always lowers its probability relative to unseen tokens (penalty < 1 favours it).
-    Returns a new (B, V) tensor.
-    """
-    if penalty == 1.0 or token_ids.numel() == 0:
-        return logits
-    seen = logits.gather(1, token_ids)
-    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
-    return logits.scatter(1, token_ids, seen)
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest logits of each row, set the rest to -inf (ties with the k-th kept)."""
-    if k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filter: keep the smallest set of most likely tokens whose probability sums to at
-    least ``p`` (always at least the top token); set the rest to -inf."""
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above
-    drop_sorted = mass_before >= p
-    drop_sorted[..., 0] = False  # the top token stays, even for a p that rounds to 0 in float32
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One token id per row of ``logits`` (B, V) -> (B,). Temperature 0 is greedy (argmax)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    # A tiny temperature (or repetition penalty) can overflow to inf, and softmax of inf is nan:
-    # the largest float instead keeps the choice what it tends to (greedy among the largest).
-    logits = torch.nan_to_num(logits.float() / temperature, nan=float("-inf"), neginf=float("-inf"))
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    # A row with no finite score left (scores that overflowed later on) samples uniformly instead
-    # of failing: elementwise, so no wait for the device.
-    probs = torch.where(torch.isfinite(probs).all(dim=-1, keepdim=True), probs, torch.ones_like(probs))
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def check_sampling(
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    repetition_penalty: float,
-    seed: int | None = None,
-    prefix: str = "",
-) -> None:
-    """ConfigError for a sampling setting out of range, naming it ``<prefix><name>`` (``--top_p``
-    where the settings are command-line options; None means off, as in :func:`generate`)."""
-    off = "" if prefix else " or None"
-
-    def whole(value: Any) -> bool:
-        return isinstance(value, Integral) and not isinstance(value, bool)
-
-    def number(value: Any) -> bool:
-        return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-
-    if not whole(max_new_tokens) or max_new_tokens < 0:
-        raise ConfigError(f"{prefix}max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
-    if not number(temperature) or temperature < 0:
-        raise ConfigError(f"{prefix}temperature must be a finite number >= 0 (0: greedy), got {temperature}")
-    if top_k is not None and (not whole(top_k) or top_k < 1):
-        raise ConfigError(f"{prefix}top_k must be a whole number >= 1{off}, got {top_k!r}")
-    if top_p is not None and not (number(top_p) and 0 < top_p <= 1):
-        raise ConfigError(f"{prefix}top_p must be in (0, 1]{off}, got {top_p!r}")
-    if not number(repetition_penalty) or repetition_penalty <= 0:
-        raise ConfigError(
-            f"{prefix}repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}"
-        )
-    if seed is not None and (not whole(seed) or not -(2**63) <= seed < 2**64):
-        raise ConfigError(f"{prefix}seed must be a whole number from -2**63 to 2**64 - 1, got {seed!r}")
+def _ragged_rows(input_ids: Any, seed: Seeds) -> list[list[int]] | None:
+    """The prompts as lists when they need the row-by-row decoder: rows of different lengths, or a
+    seed per row; None for one prompt or an equal-length batch with one seed."""
+    per_row_seeds = isinstance(seed, Sequence) and not isinstance(seed, str)
+    if isinstance(input_ids, torch.Tensor):
+        if not per_row_seeds:
+            return None
+        rows = input_ids.tolist() if input_ids.dim() == 2 else [input_ids.tolist()]
+    else:
+        if not input_ids or not all(isinstance(r, (Sequence, torch.Tensor)) for r in input_ids):
+            if per_row_seeds:
+                raise ConfigError("a seed per row needs a batch of prompts (a list of lists of ids)")
+            return None
+        rows = [r.tolist() if isinstance(r, torch.Tensor) else list(r) for r in input_ids]
+        if len({len(r) for r in rows}) == 1 and not per_row_seeds:
+            return None
+    if per_row_seeds and len(seed) != len(rows):
+        raise ConfigError(f"got {len(seed)} seeds for {len(rows)} prompts: give one seed per prompt")
+    if any(not isinstance(r, list) or not r for r in rows):
+        raise ConfigError("every prompt of a batch must be a non-empty list of token ids")
+    return rows
 
 
 def _as_batch(model: CausalLM, input_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -223,7 +157,7 @@ def _token_steps(
 
 def generate(
     model: CausalLM,
-    input_ids: torch.Tensor | Sequence[int],
+    input_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
     temperature: float = 1.0,
@@ -231,27 +165,47 @@ def generate(
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
     eos_token_id: int | None = None,
-    seed: int | None = None,
+    seed: Seeds = None,
     use_cache: bool = True,
-) -> torch.Tensor:
+) -> torch.Tensor | list[torch.Tensor]:
     """Sample a continuation of ``input_ids``; returns prompt + new tokens.
 
     Args:
-        input_ids: prompt token ids, (T,) / list (returns (T + n,)) or (B, T) (returns (B, T + n)).
+        input_ids: prompt token ids, (T,) / list (returns (T + n,)) or (B, T) (returns (B, T + n)),
+            or a list of prompts of different lengths (returns a list of 1-D tensors, one per
+            prompt, each ending at its own ``eos_token_id``).
         max_new_tokens: tokens to add (fewer if every row reached ``eos_token_id``).
         temperature: softmax temperature; 0 = greedy decoding (then top_k, top_p and seed are unused).
         top_k: sample only among the k most likely tokens.
         top_p: nucleus sampling, among the most likely tokens holding probability mass top_p.
         repetition_penalty: > 1 discourages tokens already in the prompt or output (1 = off).
-        eos_token_id: stop a row when it produces this id (included in the output); rows that
-            stopped early are padded with it until all rows stop.
-        seed: seeds a private torch.Generator for reproducible sampling (None: torch's global RNG).
+        eos_token_id: stop a row when it produces this id (included in the output); in a (B, T)
+            batch, rows that stopped early are padded with it until all rows stop.
+        seed: seeds a private torch.Generator for reproducible sampling (None: torch's global RNG);
+            a list gives each prompt of a batch its own seed (returns a list, as for ragged
+            prompts), so that each row's sample is the one it gets alone with that seed.
         use_cache: reuse keys/values of earlier positions (much faster); False recomputes the
             whole window at every step.
 
     The model runs in eval mode without gradients and is put back in its previous mode.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    rows = _ragged_rows(input_ids, seed)
+    seeds = list(seed) if rows is not None and isinstance(seed, Sequence) else None
+    for one_seed in seeds if seeds is not None else [seed]:
+        check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, one_seed)
+    if rows is not None:
+        return _generate_rows(
+            model,
+            rows,
+            [seed] * len(rows) if seeds is None else seeds,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            eos_token_id=eos_token_id,
+            use_cache=use_cache,
+        )
     was_1d = not isinstance(input_ids, torch.Tensor) or input_ids.dim() == 1
     prompt = _as_batch(model, input_ids)
     new = list(
@@ -270,6 +224,47 @@ def generate(
     )
     out = torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt
     return out[0] if was_1d else out
+
+
+def _generate_rows(
+    model: CausalLM,
+    rows: list[list[int]],
+    seeds: list[int | None],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    eos_token_id: int | None,
+    use_cache: bool,
+) -> list[torch.Tensor]:
+    """Prompts of any lengths, each continued as if alone; one 1-D tensor (prompt + new) each."""
+    prompts = [_as_batch(model, row)[0] for row in rows]  # checks the ids
+    if not use_cache:  # the uncached loop is for checks: one row after another
+        settings = (max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_token_id)
+        outputs = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            new = [int(ids[0]) for ids in _token_steps(model, prompt[None], *settings, seed, False)]
+            outputs.append(torch.cat([prompt, prompt.new_tensor(new)]))
+        return outputs
+    was_training = model.training
+    model.eval()
+    try:
+        decoder = BatchDecoder(model, len(rows))
+        done = []
+        for row, s in zip(rows, seeds, strict=True):
+            sampling = RowSampling(
+                max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_token_id, s
+            )
+            done.append(decoder.add(row, sampling))
+        while decoder.rows:
+            for row, _ in decoder.step():
+                if row.done:
+                    decoder.remove(row)
+    finally:
+        model.train(was_training)
+    return [torch.tensor(row.tokens, dtype=torch.long, device=model.device) for row in done]
 
 
 def generate_stream(

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nima.data.loader import IGNORE_INDEX  # the label the loss skips (padding, prompt tokens)
 from nima.errors import ConfigError, NimaError
-from nima.models.attention import CausalSelfAttention, KVCache
+from nima.models.attention import CausalSelfAttention, KVCache, RowKVCache
 from nima.models.config import ModelConfig
 from nima.models.generation import generate, generate_stream
 from nima.models.layers import RotaryEmbedding, dropout_or_identity, make_mlp, make_norm
@@ -52,7 +52,7 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | RowKVCache | None = None,
     ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), rope, cache)
         return x + self.mlp(self.norm2(x))
@@ -133,27 +133,38 @@ class GPT(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, kv_cache: KVCache | RowKVCache | None = None
+    ) -> torch.Tensor:
         """Final normalised hidden states (B, T, d_model) of ``input_ids`` (B, T).
 
         With ``kv_cache``, ``input_ids`` are the positions after the cached ones, and the cache is
-        extended by them.
+        extended by them. With a :class:`RowKVCache` (rows of different lengths), ``input_ids`` is
+        one new token per row (B, 1), each at its row's own position.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
-        start = 0 if kv_cache is None else kv_cache.length
-        if start + T > self.config.max_seq_len:
-            raise SequenceTooLongError(
-                f"sequence of {start + T} tokens is longer than model.max_seq_len={self.config.max_seq_len}; "
-                "use shorter inputs (e.g. data max_length) or a model with a larger max_seq_len"
-            )
         x = self.tok_emb(input_ids)  # (B, T, d)
         rope = None
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start : start + T]
+        if isinstance(kv_cache, RowKVCache):  # its begin_step() checked the rows' room
+            positions = kv_cache.positions()  # (B, 1)
+            if self.pos_emb is not None:
+                x = x + self.pos_emb(positions)
+            else:
+                rope = self.rope.at(positions)
         else:
-            rope = self.rope(T, start)
+            start = 0 if kv_cache is None else kv_cache.length
+            if start + T > self.config.max_seq_len:
+                raise SequenceTooLongError(
+                    f"sequence of {start + T} tokens is longer than model.max_seq_len="
+                    f"{self.config.max_seq_len}; use shorter inputs (e.g. data max_length) or a model "
+                    "with a larger max_seq_len"
+                )
+            if self.pos_emb is not None:
+                x = x + self.pos_emb.weight[start : start + T]
+            else:
+                rope = self.rope(T, start)
         x = self.drop(x)
         if (
             self.config.gradient_checkpointing
@@ -204,7 +215,9 @@ class GPT(nn.Module):
             )
         return ModelOutput(logits=logits if return_logits else None, loss=loss)
 
-    def last_token_logits(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def last_token_logits(
+        self, input_ids: torch.Tensor, kv_cache: KVCache | RowKVCache | None = None
+    ) -> torch.Tensor:
         """Logits (B, vocab_size) of the last position only (the output head runs on one position)."""
         h = self.hidden_states(input_ids, kv_cache)
         return self.lm_head(h[:, -1])

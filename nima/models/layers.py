@@ -83,9 +83,14 @@ class RotaryEmbedding(nn.Module):
         """(cos, sin) tables of shape (seq_len, head_dim) for positions start..start+seq_len-1."""
         return self.cos[start : start + seq_len], self.sin[start : start + seq_len]
 
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) tables of shape (B, 1, T, head_dim) for per-row ``positions`` (B, T)."""
+        return self.cos[positions][:, None], self.sin[positions][:, None]
+
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` of shape (B, H, T, head_dim) by the (T, head_dim) tables of RotaryEmbedding."""
+    """Rotate ``x`` of shape (B, H, T, head_dim) by the (T, head_dim) tables of RotaryEmbedding
+    (or its (B, 1, T, head_dim) tables of per-row positions)."""
     # Under autocast the tables (float32) would otherwise promote bf16/fp16 queries to float32.
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
