@@ -31,8 +31,9 @@ class CommandParser(argparse.ArgumentParser):
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("nima.data.cli", "prepare a corpus: text -> tokenizer + token shards, on every core"),
     "train": ("nima.training.cli", "train a model from a YAML config (with --section.key=value overrides)"),
-    "eval": ("nima.evaluation.cli", "evaluate a checkpoint: loss, perplexity, bits per byte"),
+    "eval": ("nima.evaluation.cli", "evaluate a checkpoint: loss, perplexity, bits per byte; task accuracy"),
     "generate": ("nima.inference.cli", "generate text from a checkpoint"),
+    "serve": ("nima.serving.cli", "serve a checkpoint over HTTP: the OpenAI API, streaming, a playground"),
     "export": ("nima.interop.export_cli", "write a checkpoint as a Hugging Face transformers model folder"),
     "import": ("nima.interop.import_cli", "turn a Hugging Face model folder into a Nima checkpoint"),
     "sweep": ("nima.tuning.cli", "search hyperparameters with Optuna: short pruned trials, the best config"),

@@ -23,10 +23,14 @@ TEXT = (
 ) * 8
 
 
-def train_tiny_model(text: str = TEXT, steps: int = 80, seed: int = 0):
-    """The tests' tiny GPT fitted to ``text`` (fp32, plain AdamW); returns ``(model, tokenizer)``."""
+def train_tiny_model(
+    text: str = TEXT, steps: int = 80, seed: int = 0, tokenizer: CharTokenizer | None = None
+):
+    """The tests' tiny GPT fitted to ``text`` (fp32, plain AdamW); returns ``(model, tokenizer)``.
+
+    ``tokenizer`` (default: the characters of ``text``) may hold more characters, or end-of-text."""
     torch.manual_seed(seed)
-    tok = CharTokenizer(text)
+    tok = tokenizer or CharTokenizer(text)
     model = create_model(model_config(tok.vocab_size))
     ids = torch.tensor(tok.encode(text))
     T = model.config.max_seq_len

@@ -16,6 +16,8 @@ PACKAGE = ROOT / "nima"
 # Imports of nima modules that may sit inside a function, and why (the docs say the same).
 LAZY_NIMA_IMPORTS = {
     "nima/data/__init__.py": "torch-backed names load on first use: nima prepare never imports torch",
+    "nima/evaluation/cli.py": "--harness_tasks loads the lm-evaluation-harness adapter: lm-eval is optional",
+    "nima/evaluation/lm_eval_cli.py": "lm-eval's command with the adapter: no lm-eval is an error line",
 }
 MAX_LINES = 600
 MAX_LINES_TUNING = 400
@@ -133,6 +135,7 @@ ASSEMBLY_STEPS = [
     "TrainStep(",
     "Meter(",
     "Validator(",
+    "TaskEvaluator.build(",
     "Checkpointer(",
     "run_metadata(",
     "monitoring_callbacks(",

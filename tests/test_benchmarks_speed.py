@@ -277,3 +277,16 @@ def test_memory_benchmark_measures_its_quick_configurations():
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert rows and all("error" not in row and row["measured_mib"] > 0 for row in rows), rows
+
+
+@pytest.mark.slow
+def test_eval_speed_times_the_built_in_scorer_and_the_harness_on_one_task(tiny_shakespeare_file):
+    argv = ["--examples", "6", "--rounds", "1", "--max_seq_len", "64", "--text", str(tiny_shakespeare_file)]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "eval_speed.py"), *argv], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for run in ("built-in evaluate_task", "harness + nima adapter", "harness + hf backend"):
+        assert f"| {run} |" in proc.stdout
+    assert "built-in / harness with the nima adapter: " in proc.stdout
+    assert "the same acc and acc_norm in every run: yes" in proc.stdout

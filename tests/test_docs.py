@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,16 @@ TINY_TRAIN = (
 )
 TINY = f"{TINY_MODEL} {TINY_TRAIN}"
 TINY_PY_MODEL = ", ".join(f"{name}={value}" for name, value in model_dict().items())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SERVE_PORT = _free_port()
+"""The port inference.md's server example listens on in the test (8000 in the document)."""
 
 
 @dataclass(frozen=True)
@@ -119,11 +130,25 @@ SUBSTITUTIONS: list[Sub] = [
         "about a minute",
     ),
     Sub(
+        "evaluation.md",
+        "python scripts/train.py --quick_test --training.output_dir=experiments/with_tasks",
+        f"python scripts/train.py --quick_test {TINY} --training.max_steps=2 "
+        "--training.output_dir=experiments/with_tasks",
+        "about a minute; two tiny steps still evaluate the task",
+    ),
+    Sub(
         "inference.md",
         "python scripts/train.py --quick_test\n",
         f"python scripts/train.py --quick_test {TINY} --training.max_steps=2\n",
         "about a minute",
     ),
+    Sub(
+        "inference.md",
+        "127.0.0.1:8000",
+        f"127.0.0.1:{SERVE_PORT}",
+        "port 8000 may be taken on a shared machine",
+    ),
+    Sub("inference.md", "port=8000", f"port={SERVE_PORT}", "port 8000 may be taken on a shared machine"),
 ]
 
 PRELUDES: dict[tuple[str, str], tuple[str, str]] = {

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nima.config.eval_tasks import check_eval_tasks
 from nima.config_fields import ConfigSection, check_types, suggest
 
 SCHEDULERS = ("cosine", "linear", "constant", "cosine_restarts")
@@ -101,6 +102,10 @@ class TrainingConfig(ConfigSection, section="training"):
     """Evaluate every N optimizer steps (0: only at the end)."""
     eval_batches: int = 50
     """Validation batches per evaluation (bounded so evaluation stays cheap)."""
+    eval_tasks: list[dict[str, Any] | str] = field(default_factory=list)
+    """Downstream tasks scored at every evaluation, after the validation loss: a list of
+    {task: hellaswag | mc | completion, data: FILE, limit: N, name: NAME} (limit default 200; see
+    docs/evaluation.md), logged as eval/<name>_acc and eval/<name>_acc_norm."""
     log_every: int = 10
     """Write metrics and refresh the progress display every N steps."""
     save_every: int = 1000
@@ -154,6 +159,7 @@ class TrainingConfig(ConfigSection, section="training"):
         for name in self.report_to:
             rule = f"a list of {', '.join(REPORTERS)}"
             need.that(name in REPORTERS, "report_to", rule, suggest(name, REPORTERS))
+        self.eval_tasks = check_eval_tasks(self.eval_tasks)
         device = self.device
         need.that(
             device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),

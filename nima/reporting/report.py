@@ -108,6 +108,16 @@ def bytes_per_token(prepared_path: str | Path | None, max_tokens: int = BYTES_SA
         return None
 
 
+def _task_figures(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """``eval/<task>_acc``-style figures of ``training.eval_tasks``: (step, value) at each evaluation."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        for key, value in record.items():
+            if key.startswith("eval/") and _num(value) is not None:
+                out.setdefault(key, []).append((record["step"], float(value)))
+    return out
+
+
 def gather(run: RunFolder) -> dict[str, Any]:
     """The report's figures, from whichever of the run's files has them."""
     info, results, ckpt = run.info, run.results or {}, run.checkpoint or {}
@@ -169,6 +179,7 @@ def gather(run: RunFolder) -> dict[str, Any]:
         "final_val_loss": final_val,
         "best_val_loss": best_val,
         "best_step": best_step,
+        "tasks": _task_figures(records),
         "bytes_per_token": ratio,
         "mfu": sorted(mfu)[len(mfu) // 2] if mfu else None,
         "peak_memory_gib": max(memory) if memory else None,
@@ -300,6 +311,10 @@ def _how_well(f: dict[str, Any]) -> list[str]:
     out.append(f"| best validation loss | {best} |")
     if f["final_train_loss"] is not None:
         out.append(f"| final training loss | {f['final_train_loss']:.4f} |")
+    for metric, history in f["tasks"].items():
+        step, last = history[-1]
+        best_step, best = max(history, key=lambda h: (h[1], -h[0]))
+        out.append(f"| {metric} | {last:.4f} at step {step} (best {best:.4f} at step {best_step}) |")
     if f["skipped_steps"]:
         why = "nan or inf gradients, or fp16 loss-scale overflows; not applied"
         out.append(f"| skipped steps | {f['skipped_steps']} ({why}) |")
@@ -314,6 +329,12 @@ def _how_well(f: dict[str, Any]) -> list[str]:
             else ""
         )
         + " `nima eval --checkpoint ...` scores a whole split exactly."
+        + (
+            " Task accuracies (`training.eval_tasks`) cover each task's first `limit` examples; "
+            "`nima eval --checkpoint ... --task NAME` scores a whole task."
+            if f["tasks"]
+            else ""
+        )
     )
     return out
 

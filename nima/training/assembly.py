@@ -22,7 +22,8 @@ go through it. Each step runs exactly once, in this order, and the parts never b
  9. model wrapping               DDP or FSDP2 and ``torch.compile``: before the optimizer, which
                                  must see FSDP2's sharded parameters
 10. optimizer and schedule
-11. step, meter, validator       the components around the loop
+11. step, meter, validator       the components around the loop; the validator's downstream
+                                 tasks (``training.eval_tasks``) read and tokenized
 12. checkpointer                 with every stateful part registered once; a resume or a
                                  fine-tuning start loads here
 13. callbacks                    metrics.jsonl, the progress line, your callbacks, the loggers of
@@ -63,6 +64,7 @@ from nima.training.run_data import build_loaders, model_config_from, prepare_dat
 from nima.training.run_folder import RunFolder
 from nima.training.schedulers import build_scheduler
 from nima.training.step import TrainStep
+from nima.training.task_evaluator import TaskEvaluator
 from nima.training.validator import Validator
 from nima.training.view import RunState, RunView
 
@@ -207,7 +209,11 @@ def assemble(
     flops_per_token = float(flops(seq_len)) if callable(flops) and seq_len else None
     peak_flops = peak_flops_for(runtime.device, runtime.precision.name, training.peak_flops)
     meter = Meter(flops_per_token, peak_flops, dist.world_size, runtime.device, lambda: cursor.tokens_seen)
-    validator = Validator(raw_model, eval_loader, runtime, training.eval_every, training.eval_batches)
+    window = getattr(getattr(raw_model, "config", None), "max_seq_len", None) or seq_len
+    tasks = TaskEvaluator.build(
+        training.eval_tasks, tokenizer, window, runtime, batch_size or 32, config.data.data_dir
+    )
+    validator = Validator(raw_model, eval_loader, runtime, training.eval_every, training.eval_batches, tasks)
 
     # 12. checkpointer, and a resume or fine-tuning start
     state = RunState()

@@ -8,9 +8,9 @@ TensorBoard, W&B or matplotlib, and a missing package is a one-line ConfigError 
 install. Only rank 0 writes; the others' hooks do nothing.
 
 Each logger sends every logged scalar (loss, lr, grad_norm, tokens_per_s, mfu, memory_gib, and at
-evaluations val_loss and val_perplexity) at the run's step, the run's config (as hyperparameters),
-and at each evaluation a short generated sample (:func:`evaluation_sample`, made once per step
-and shared by every logger).
+evaluations val_loss, val_perplexity and the ``eval/<task>_acc`` figures of ``training.eval_tasks``)
+at the run's step, the run's config (as hyperparameters), and at each evaluation a short generated
+sample (:func:`evaluation_sample`, made once per step and shared by every logger).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from nima.training.view import RunView
 
 NOT_SCALARS = ("step", "tokens", "time_s", "val_tokens")
 """Record entries that are not curves of their own (x axes, counts)."""
+EVALUATION_PREFIXES = ("val_", "eval/")
+"""The figures of an evaluation (validation loss, downstream tasks): sent with ``on_evaluate``."""
 
 _SAMPLES: weakref.WeakKeyDictionary[Any, tuple[int, str | None]] = weakref.WeakKeyDictionary()
 
@@ -157,7 +159,9 @@ class TensorBoardLogger(Callback):
 
     def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
         if run.is_main:  # validation figures come with on_evaluate (the final one included)
-            self.log_metrics({k: v for k, v in metrics.items() if not k.startswith("val_")}, run.step)
+            self.log_metrics(
+                {k: v for k, v in metrics.items() if not k.startswith(EVALUATION_PREFIXES)}, run.step
+            )
 
     def on_evaluate(self, run: RunView, metrics: dict[str, float]) -> None:
         if not run.is_main:
@@ -243,7 +247,8 @@ class WandbLogger(Callback):
 
     def on_log(self, run: RunView, metrics: dict[str, float]) -> None:
         # tokens and time_s go too: W&B can draw any logged value as the x axis
-        values = _scalars({k: v for k, v in metrics.items() if not k.startswith("val_")}, skip=("step",))
+        training = {k: v for k, v in metrics.items() if not k.startswith(EVALUATION_PREFIXES)}
+        values = _scalars(training, skip=("step",))
         self._log(values, run.step)
 
     def on_evaluate(self, run: RunView, metrics: dict[str, float]) -> None:

@@ -1,4 +1,5 @@
-"""The validator: when to evaluate, the validation loss, and which evaluation was the best.
+"""The validator: when to evaluate, the validation loss, and which evaluation was the best; the
+downstream tasks of ``training.eval_tasks`` (:mod:`.task_evaluator`) follow each validation loss.
 
 The validation loss is an honest figure: the whole validation split when it has at most
 ``eval_batches`` batches, otherwise the same fixed sample at every evaluation, of windows spread
@@ -21,6 +22,7 @@ from nima.errors import ConfigError
 from nima.runtime import Runtime, loss_only
 from nima.training.batches import IGNORE_INDEX, loss_of, unpack_batch
 from nima.training.cursor import position_loader, quiet_rng
+from nima.training.task_evaluator import TaskEvaluator
 
 
 class Validator:
@@ -28,13 +30,28 @@ class Validator:
     and keeps the best and the last validation loss."""
 
     def __init__(
-        self, model: nn.Module, loader: Iterable | None, runtime: Runtime, every: int, batches: int
+        self,
+        model: nn.Module,
+        loader: Iterable | None,
+        runtime: Runtime,
+        every: int,
+        batches: int,
+        tasks: TaskEvaluator | None = None,
     ) -> None:
         self.model = model
         self.runtime = runtime
         self.every = every
         self.batches = batches
         self.loader, self.coverage = spread_sample(loader, batches) if loader is not None else (None, "")
+        self.tasks = tasks
+        """Downstream tasks scored after each validation loss (``training.eval_tasks``)."""
+        if tasks is not None:
+            if loader is None:
+                raise ConfigError(
+                    "training.eval_tasks are scored at evaluation steps, which need a validation loader: "
+                    "pass eval_dataloader to the Trainer"
+                )
+            self.coverage += f"; then the tasks {tasks.describe()}"
         self.best_val_loss = math.inf
         self.last_val_loss: float | None = None
         self.last_step = -1
@@ -50,8 +67,11 @@ class Validator:
         return self.enabled and bool(self.every) and step % self.every == 0
 
     def validate(self, step: int) -> tuple[dict[str, float], bool]:
-        """Evaluate now; returns the metrics and whether this is the best validation loss so far."""
+        """Evaluate now (the validation loss, then the downstream tasks); returns the metrics and
+        whether this is the best validation loss so far."""
         metrics = self.evaluate()
+        if self.tasks is not None:
+            metrics.update(self.tasks.evaluate(self.model))
         self.last_step = step
         self.last_val_loss = metrics["val_loss"]
         improved = metrics["val_loss"] < self.best_val_loss
