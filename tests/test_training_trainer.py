@@ -241,7 +241,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(prepared, tmp_path: Path, 
 
     cfg = config(tmp_path, max_steps=5, save_every=1)
     trainer = Trainer(tiny_model(prepared), cfg, small_loader(prepared, tokens=1000), callbacks=[TwoCtrlC()])
-    before = signal.getsignal(signal.SIGINT)  # (an earlier test's library may have left SIG_IGN)
+    before = signal.getsignal(signal.SIGINT)  # (SIG_IGN when the suite runs as a background job)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert sorted(p.name for p in trainer.checkpoint_dir.glob("step_*.pt")) == ["step_1.pt"]
