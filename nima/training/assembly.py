@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from nima.checkpoint.metadata import resumed_precision, run_metadata
-from nima.config import RunConfig
+from nima.config import RunConfig, TrainingConfig
 from nima.distributed import DistributedContext, init_distributed
 from nima.errors import ConfigError
 from nima.memory import MemoryPlan, MemoryWatch, fit_batch, plan_memory
@@ -168,27 +168,11 @@ def assemble(
         model = build_model(config, training.seed)
     raw_model = unwrap_model(model)
 
-    # 6. runtime
-    if loaders is not None:
-        batch_size, seq_len = batch_shape(loaders[0], raw_model)
-    else:
-        batch_size, seq_len = training.batch_size, config.model.max_seq_len
-    auto_batch = batch_size == "auto"
-    if runtime is None:
-        runtime = training_runtime(
-            config, dist, raw_model, None if auto_batch else batch_size, seq_len, checkpoint
-        )
-
-    # 7. memory: batch_size auto, then the plan
-    if auto_batch:
-        fit = fit_batch(raw_model, config.model, training, runtime)
-        say(fit.describe())
-        training = dataclasses.replace(
-            training, batch_size=fit.micro_batch, gradient_accumulation_steps=fit.accumulation
-        )
-        config = config.replace(training=training)
-        batch_size = fit.micro_batch
-    memory_plan = plan_memory(raw_model, training, batch_size, seq_len, runtime)
+    # 6. runtime, 7. memory: batch_size auto, then the plan
+    config, runtime, batch_size, seq_len, memory_plan = _runtime_and_memory(
+        config, dist, raw_model, loaders, runtime, checkpoint, say
+    )
+    training = config.training
 
     # 8. loaders and the run's length
     train_loader, eval_loader = loaders or build_loaders(config, prepared, dist.rank, dist.world_size)
@@ -205,15 +189,9 @@ def assemble(
     # 11. step, meter, validator
     params = [p for p in raw_model.parameters() if p.requires_grad]
     train_step = TrainStep(wrapped, optimizer, scheduler, runtime, training.gradient_clip, params)
-    flops = getattr(raw_model, "estimate_flops_per_token", None)
-    flops_per_token = float(flops(seq_len)) if callable(flops) and seq_len else None
-    peak_flops = peak_flops_for(runtime.device, runtime.precision.name, training.peak_flops)
-    meter = Meter(flops_per_token, peak_flops, dist.world_size, runtime.device, lambda: cursor.tokens_seen)
-    window = getattr(getattr(raw_model, "config", None), "max_seq_len", None) or seq_len
-    tasks = TaskEvaluator.build(
-        training.eval_tasks, tokenizer, window, runtime, batch_size or 32, config.data.data_dir
+    meter, validator = _meter_and_validator(
+        config, raw_model, runtime, cursor, eval_loader, tokenizer, batch_size, seq_len
     )
-    validator = Validator(raw_model, eval_loader, runtime, training.eval_every, training.eval_batches, tasks)
 
     # 12. checkpointer, and a resume or fine-tuning start
     state = RunState()
@@ -232,10 +210,8 @@ def assemble(
 
     # 13. callbacks, and the view of the run they receive
     console = Console(training, runtime.is_main, steps_per_epoch)
-    user_callbacks = [cb for cb in callbacks if cb is not early_stopping]
-    loggers = monitoring_callbacks(training, user_callbacks)  # report_to, loss.png, report.md
+    callbacks = _callbacks(training, callbacks, early_stopping)
     metrics = MetricsTracker(folder.logs if runtime.is_main else None)
-    callbacks = [*user_callbacks, *loggers, *([early_stopping] if early_stopping else [])]
     view = RunView(
         state,
         cursor,
@@ -283,6 +259,77 @@ def assemble(
 
 
 # ---------------------------------------------------------------------------------- the steps' helpers
+
+
+def _runtime_and_memory(
+    config: RunConfig,
+    dist: DistributedContext,
+    raw_model: nn.Module,
+    loaders: tuple[Iterable, Iterable | None] | None,
+    runtime: Runtime | None,
+    checkpoint: str | Path | None,
+    say: Say,
+) -> tuple[RunConfig, Runtime, int | None, int | None, MemoryPlan]:
+    """Steps 6 and 7: the runtime (device, precision), ``batch_size: auto`` resolved (the run's
+    config changes with it), and the memory plan. Returns the config, the runtime, the micro-batch
+    and sequence length, and the plan."""
+    training = config.training
+    if loaders is not None:
+        batch_size, seq_len = batch_shape(loaders[0], raw_model)
+    else:
+        batch_size, seq_len = training.batch_size, config.model.max_seq_len
+    auto_batch = batch_size == "auto"
+    if runtime is None:
+        runtime = training_runtime(
+            config, dist, raw_model, None if auto_batch else batch_size, seq_len, checkpoint
+        )
+    if auto_batch:
+        fit = fit_batch(raw_model, config.model, training, runtime)
+        say(fit.describe())
+        training = dataclasses.replace(
+            training, batch_size=fit.micro_batch, gradient_accumulation_steps=fit.accumulation
+        )
+        config = config.replace(training=training)
+        batch_size = fit.micro_batch
+    return (
+        config,
+        runtime,
+        batch_size,
+        seq_len,
+        plan_memory(raw_model, training, batch_size, seq_len, runtime),
+    )
+
+
+def _meter_and_validator(
+    config: RunConfig,
+    raw_model: nn.Module,
+    runtime: Runtime,
+    cursor: DataCursor,
+    eval_loader: Iterable | None,
+    tokenizer: Any,
+    batch_size: int | None,
+    seq_len: int | None,
+) -> tuple[Meter, Validator]:
+    """Step 11's measuring parts: the throughput meter, and the validator with its tasks."""
+    training = config.training
+    flops = getattr(raw_model, "estimate_flops_per_token", None)
+    flops_per_token = float(flops(seq_len)) if callable(flops) and seq_len else None
+    peak_flops = peak_flops_for(runtime.device, runtime.precision.name, training.peak_flops)
+    world = runtime.dist.world_size
+    meter = Meter(flops_per_token, peak_flops, world, runtime.device, lambda: cursor.tokens_seen)
+    window = getattr(getattr(raw_model, "config", None), "max_seq_len", None) or seq_len
+    tasks = TaskEvaluator.build(
+        training.eval_tasks, tokenizer, window, runtime, batch_size or 32, config.data.data_dir
+    )
+    validator = Validator(raw_model, eval_loader, runtime, training.eval_every, training.eval_batches, tasks)
+    return meter, validator
+
+
+def _callbacks(training: TrainingConfig, callbacks: list[Any], early_stopping: Any) -> list[Any]:
+    """Yours, then the loggers of ``report_to`` (loss.png, report.md), then early stopping."""
+    user_callbacks = [cb for cb in callbacks if cb is not early_stopping]
+    loggers = monitoring_callbacks(training, user_callbacks)
+    return [*user_callbacks, *loggers, *([early_stopping] if early_stopping else [])]
 
 
 def open_data(
